@@ -1,0 +1,82 @@
+"""The update shared by both rules: two SGD optimizers (forward and feedback parameters) and
+what the released code does between the loss and the step (SPEC section 7)."""
+from __future__ import annotations
+
+import torch
+from torch.nn.utils import clip_grad_norm_
+from torch.optim import SGD
+from torch.optim.lr_scheduler import CosineAnnealingLR
+
+from models.network import DualNetwork
+
+
+def centralise_gradients(parameters) -> None:
+    """Gradient centralisation: subtract from every weight gradient its mean over all but the
+    output dimension. Biases (1-D) are left alone."""
+    for p in parameters:
+        if p.grad is not None and p.grad.dim() > 1:
+            p.grad.sub_(p.grad.mean(dim=tuple(range(1, p.grad.dim())), keepdim=True))
+
+
+class DualOptimizer:
+    """Per step: warm-up scaling of the loss, backward, gradient centralisation, separate
+    clipping of the forward and feedback gradients, both SGD steps. Per epoch: cosine decay.
+
+    `steps_taken` counts optimizer steps over the whole run; warm-up reads it.
+    """
+
+    def __init__(self, model: DualNetwork, config):
+        self.forward_params = model.forward_parameters()
+        self.feedback_params = model.feedback_parameters()
+        self.forward_sgd = SGD(self.forward_params, lr=config.lr_F, momentum=config.mmt_F,
+                               weight_decay=config.wd_F)
+        self.feedback_sgd = SGD(self.feedback_params, lr=config.lr_B, momentum=config.mmt_B,
+                                weight_decay=config.wd_B)
+        self.schedulers = []
+        if config.tmax:
+            self.schedulers = [CosineAnnealingLR(sgd, T_max=config.tmax, eta_min=config.eta_min)
+                               for sgd in (self.forward_sgd, self.feedback_sgd)]
+        self.warmup = config.warmup
+        self.centralise = bool(config.GradC)
+        self.grad_clip_F = config.grad_clip_F
+        self.grad_clip_B = config.grad_clip_B
+        self.steps_taken = 0
+
+    def warmup_factor(self) -> float:
+        if self.steps_taken < self.warmup:
+            return (self.steps_taken + 1) / self.warmup
+        return 1.0
+
+    def step(self, loss: torch.Tensor) -> None:
+        (loss * self.warmup_factor()).backward()
+        if self.centralise:
+            centralise_gradients(self.forward_params + self.feedback_params)
+        if self.grad_clip_F > 0:
+            clip_grad_norm_(self.forward_params, self.grad_clip_F)
+        if self.grad_clip_B > 0:
+            clip_grad_norm_(self.feedback_params, self.grad_clip_B)
+        for sgd in (self.forward_sgd, self.feedback_sgd):
+            sgd.step()
+            sgd.zero_grad(set_to_none=True)
+        self.steps_taken += 1
+
+    def end_epoch(self) -> None:
+        for scheduler in self.schedulers:
+            scheduler.step()
+
+    def learning_rates(self) -> dict[str, float]:
+        return {"lr_F": self.forward_sgd.param_groups[0]["lr"],
+                "lr_B": self.feedback_sgd.param_groups[0]["lr"]}
+
+    def state_dict(self) -> dict:
+        return {"forward_sgd": self.forward_sgd.state_dict(),
+                "feedback_sgd": self.feedback_sgd.state_dict(),
+                "schedulers": [s.state_dict() for s in self.schedulers],
+                "steps_taken": self.steps_taken}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.forward_sgd.load_state_dict(state["forward_sgd"])
+        self.feedback_sgd.load_state_dict(state["feedback_sgd"])
+        for scheduler, scheduler_state in zip(self.schedulers, state["schedulers"], strict=True):
+            scheduler.load_state_dict(scheduler_state)
+        self.steps_taken = state["steps_taken"]

@@ -1,0 +1,82 @@
+"""What the learning rules need to know about a problem: what the feedback network receives,
+the layer-pair losses, the output loss and the evaluation metrics."""
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from ccl.losses import ae_pair_loss, flooding_keep_mask
+
+# (a_l, b_l, one-hot targets, keep mask or None) -> loss of the pair
+AlignmentLoss = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, "torch.Tensor | None"], torch.Tensor]
+
+
+class Classification:
+    """Labels in, logits out. The feedback network receives the one-hot vectors of all classes
+    (a C x C identity), so b_l holds one template per class and costs C samples per step."""
+
+    metric_names = ("loss", "acc")
+
+    def __init__(self, num_classes: int, alignment: AlignmentLoss, flood_threshold: float | None):
+        self.num_classes = num_classes
+        self.alignment = alignment
+        self.flood_threshold = flood_threshold
+
+    def feedback_input(self, labels: torch.Tensor) -> torch.Tensor:
+        return torch.eye(self.num_classes, device=labels.device)
+
+    def local_losses(self, activations: Sequence[torch.Tensor], signals: Sequence[torch.Tensor],
+                     labels: torch.Tensor) -> torch.Tensor:
+        """Sum of the alignment losses of pairs 0..L-1 and cross-entropy on the logits a_L."""
+        logits = activations[-1]
+        keep = None
+        if self.flood_threshold is not None:
+            keep = flooding_keep_mask(logits, labels, self.flood_threshold)
+        onehot = F.one_hot(labels, self.num_classes).to(logits.dtype)
+        loss = F.cross_entropy(logits, labels)
+        for a, b in zip(activations[:-1], signals[:-1]):
+            loss = loss + self.alignment(a, b, onehot, keep)
+        return loss
+
+    def output_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(logits, labels)
+
+    @torch.no_grad()
+    def metric_sums(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Per-batch sums of (cross-entropy, correct predictions); divided by N they give the metrics."""
+        ce = F.cross_entropy(logits.float(), labels, reduction="sum")
+        correct = (logits.argmax(dim=1) == labels).sum().to(ce.dtype)
+        return torch.stack([ce, correct])
+
+
+class Reconstruction:
+    """Images in, images out (the autoencoder). The feedback network receives the target image.
+    Pairs: the two end pairs (x vs b_0, reconstruction vs target) use the raw term only, the
+    hidden pairs add the centred/normalised term."""
+
+    metric_names = ("mse",)
+
+    def __init__(self, loss_scale_C: float, loss_scale_D: float):
+        self.loss_scale_C = loss_scale_C
+        self.loss_scale_D = loss_scale_D
+
+    def feedback_input(self, targets: torch.Tensor) -> torch.Tensor:
+        return targets
+
+    def local_losses(self, activations: Sequence[torch.Tensor], signals: Sequence[torch.Tensor],
+                     targets: torch.Tensor) -> torch.Tensor:
+        last = len(activations) - 1
+        return sum(
+            ae_pair_loss(a, b, self.loss_scale_C, None if index in (0, last) else self.loss_scale_D)
+            for index, (a, b) in enumerate(zip(activations, signals))
+        )
+
+    def output_loss(self, reconstruction: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return F.mse_loss(reconstruction, targets)
+
+    @torch.no_grad()
+    def metric_sums(self, reconstruction: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        per_sample = (reconstruction.float() - targets.float()).pow(2).flatten(1).mean(dim=1)
+        return per_sample.sum()[None]

@@ -1,0 +1,246 @@
+"""The training loop shared by every entry script, rule and task.
+
+Per epoch: train, validate, keep the best model (lowest validation loss), step the cosine
+schedule, checkpoint. At the end: test the best model. The run directory holds
+
+    config.yaml     the resolved config and how the run was started
+    metrics.jsonl   one line per finished epoch
+    checkpoint.pt   everything needed to continue exactly (written every epoch and on a stop)
+    best.pt         the weights of the best epoch so far
+    results.json    the final (or diverged) outcome
+
+Every write is atomic. The step never waits for the device: the loss is summed on the device
+and read once per epoch; divergence is flagged on the device and read every few steps.
+"""
+from __future__ import annotations
+
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from ccl.optim import DualOptimizer
+from utils.io import save_torch, write_json, write_jsonl
+from utils.seed import restore_rng_states, rng_states
+
+CHECKPOINT, BEST, METRICS, RESULTS = "checkpoint.pt", "best.pt", "metrics.jsonl", "results.json"
+DIVERGENCE_CHECK_EVERY = 50  # steps between reads of the device-side divergence flag
+
+
+class Diverged(Exception):
+    def __init__(self, step: int):
+        super().__init__(f"the training loss became NaN or infinite at step {step}")
+        self.step = step
+
+
+class Interrupted(Exception):
+    def __init__(self, signal_number: int):
+        super().__init__(signal.Signals(signal_number).name)
+        self.signal_number = signal_number
+
+
+class DivergenceMonitor:
+    """Remembers, on the device, the first step whose loss was not finite."""
+
+    def __init__(self, device, step: int = 0):
+        self.step = torch.tensor(step, device=device)
+        self.first_bad_step = torch.tensor(-1, device=device)
+
+    def observe(self, loss: torch.Tensor) -> None:
+        self.step += 1
+        newly_bad = (self.first_bad_step < 0) & ~torch.isfinite(loss)
+        self.first_bad_step = torch.where(newly_bad, self.step, self.first_bad_step)
+
+    def raise_if_diverged(self) -> None:
+        step = int(self.first_bad_step.item())
+        if step >= 0:
+            raise Diverged(step)
+
+
+class StopRequests:
+    """SIGINT/SIGTERM set a flag that the loop reads at the next step boundary."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self):
+        self.signal_number: int | None = None
+        self._previous = {}
+
+    def __enter__(self):
+        for number in self.SIGNALS:
+            self._previous[number] = signal.signal(number, self._request)
+        return self
+
+    def __exit__(self, *exc):
+        for number, handler in self._previous.items():
+            signal.signal(number, handler)
+
+    def _request(self, number, frame):
+        if self.signal_number is not None:  # a second Ctrl-C stops at once
+            raise KeyboardInterrupt
+        self.signal_number = number
+
+
+@dataclass
+class Loaders:
+    train: object
+    val: object
+    test: object
+
+
+@dataclass
+class Progress:
+    """Where the run stands: the epoch in progress and how much of it is done."""
+
+    epoch: int = 0
+    batch: int = 0
+    loss_sum: float = 0.0
+    samples: int = 0
+    seconds: float = 0.0
+    augment_state: torch.Tensor | None = None
+
+
+class Trainer:
+    def __init__(self, config, model, task, rule: Callable, loaders: Loaders, run_dir: Path,
+                 log: Callable[[str], None] = print):
+        self.config = config
+        self.model = model
+        self.task = task
+        self.rule = rule
+        self.loaders = loaders
+        self.run_dir = Path(run_dir)
+        self.log = log
+        self.device = next(model.parameters()).device
+        self.optimizer = DualOptimizer(model, config)
+        self.progress = Progress()
+        self.history: list[dict] = []
+        self.best: dict | None = None
+        self.wall_seconds = 0.0
+        self.stop = StopRequests()
+
+    # --- checkpoints -----------------------------------------------------------------------
+    def checkpoint(self) -> dict:
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "progress": vars(self.progress).copy(), "history": self.history, "best": self.best,
+                "wall_seconds": self.wall_seconds, "rng": rng_states(),
+                "config": self.config.as_dict()}
+
+    def save_checkpoint(self) -> None:
+        save_torch(self.run_dir / CHECKPOINT, self.checkpoint())
+
+    def restore(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.progress = Progress(**state["progress"])
+        self.history, self.best = state["history"], state["best"]
+        self.wall_seconds = state["wall_seconds"]
+        restore_rng_states(state["rng"])
+
+    # --- training --------------------------------------------------------------------------
+    def fit(self) -> dict:
+        """Train to the last epoch and test the best model; returns the results."""
+        started = time.perf_counter()
+        monitor = DivergenceMonitor(self.device, self.optimizer.steps_taken)
+        try:
+            with self.stop:
+                while self.progress.epoch < self.config.epochs:
+                    self._train_epoch(monitor)
+                    self._finish_epoch()
+                    if self.stop.signal_number is not None and self.progress.epoch < self.config.epochs:
+                        raise Interrupted(self.stop.signal_number)
+        finally:
+            self.wall_seconds += time.perf_counter() - started
+        return self._test_best()
+
+    def _train_epoch(self, monitor: DivergenceMonitor) -> None:
+        progress, loader = self.progress, self.loaders.train
+        self.model.train()
+        loss_sum = torch.tensor(progress.loss_sum, device=self.device, dtype=torch.float64)
+        started = time.perf_counter()
+        batches = loader.epoch(progress.epoch, progress.batch, progress.augment_state)
+        bar = tqdm(batches, total=len(loader), initial=progress.batch, disable=None, leave=False,
+                   desc=f"epoch {progress.epoch + 1}/{self.config.epochs}", dynamic_ncols=True)
+        for inputs, targets in bar:
+            loss = self.rule(self.model, self.task, inputs, targets)
+            self.optimizer.step(loss)
+            loss = loss.detach()
+            loss_sum += loss * len(targets)
+            monitor.observe(loss)
+            progress.batch += 1
+            progress.samples += len(targets)
+            if self.optimizer.steps_taken % DIVERGENCE_CHECK_EVERY == 0:
+                monitor.raise_if_diverged()
+            if self.stop.signal_number is not None and progress.batch < len(loader):
+                progress.loss_sum = loss_sum.item()
+                progress.seconds += time.perf_counter() - started
+                progress.augment_state = loader.generator.get_state()
+                self.save_checkpoint()
+                raise Interrupted(self.stop.signal_number)
+        monitor.raise_if_diverged()
+        self._raise_if_parameters_diverged()
+        progress.loss_sum = loss_sum.item()
+        progress.seconds += time.perf_counter() - started
+
+    def _raise_if_parameters_diverged(self) -> None:
+        finite = torch.stack([p.isfinite().all() for p in self.model.parameters()]).all()
+        if not finite:
+            raise Diverged(self.optimizer.steps_taken)
+
+    def _finish_epoch(self) -> None:
+        progress = self.progress
+        started = time.perf_counter()
+        val = self.evaluate(self.loaders.val)
+        row = {"epoch": progress.epoch + 1, "step": self.optimizer.steps_taken,
+               "train_loss": progress.loss_sum / max(progress.samples, 1),
+               **{f"val_{name}": value for name, value in val.items()},
+               **self.optimizer.learning_rates(),
+               "seconds": progress.seconds, "eval_seconds": time.perf_counter() - started}
+        self.history.append(row)
+        criterion = self.task.metric_names[0]
+        if self.best is None or val[criterion] < self.best[f"val_{criterion}"]:
+            self.best = {"epoch": row["epoch"], **{f"val_{k}": v for k, v in val.items()}}
+            save_torch(self.run_dir / BEST, self.model.state_dict())
+        self.optimizer.end_epoch()
+        self.progress = Progress(epoch=progress.epoch + 1)
+        write_jsonl(self.run_dir / METRICS, self.history)
+        self.save_checkpoint()
+        self.log(self._summary(row))
+
+    @staticmethod
+    def _summary(row: dict) -> str:
+        parts = [f"epoch {row['epoch']}"]
+        for name, value in row.items():
+            if name not in ("epoch", "step", "seconds", "eval_seconds"):
+                parts.append(f"{name} {value:.4g}")
+        parts.append(f"{row['seconds']:.1f}s")
+        return "  ".join(parts)
+
+    @torch.no_grad()
+    def evaluate(self, loader) -> dict[str, float]:
+        """The task's metrics of the forward network alone over `loader` (eval mode)."""
+        was_training = self.model.training
+        self.model.eval()
+        sums = None
+        for inputs, targets in loader.epoch():
+            batch_sums = self.task.metric_sums(self.model.predict(inputs), targets)
+            sums = batch_sums if sums is None else sums + batch_sums
+        self.model.train(was_training)
+        values = (sums / loader.num_samples).tolist()
+        return dict(zip(self.task.metric_names, values))
+
+    def _test_best(self) -> dict:
+        self.model.load_state_dict(torch.load(self.run_dir / BEST, map_location=self.device,
+                                              weights_only=True))
+        test = self.evaluate(self.loaders.test)
+        return {"status": "finished",
+                **{f"test_{name}": value for name, value in test.items()},
+                "best_epoch": self.best["epoch"],
+                **{name: value for name, value in self.best.items() if name != "epoch"},
+                "epochs": self.progress.epoch,
+                "steps": self.optimizer.steps_taken,
+                "train_seconds": sum(row["seconds"] for row in self.history),
+                "wall_seconds": self.wall_seconds}

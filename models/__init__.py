@@ -1,0 +1,19 @@
+"""Dual networks built from a config: `build_model(config, input_shape, num_classes)`."""
+from __future__ import annotations
+
+from models.layers import DualLayer, DualLinear, LayerOptions
+from models.mlp import build_simple_linear, mlp
+from models.network import DualNetwork
+
+# architecture name (the configs' `architecture` key) -> builder(config, input_shape, num_classes)
+ARCHITECTURES = {
+    "simple_linear": build_simple_linear,
+}
+
+
+def build_model(config, input_shape, num_classes) -> DualNetwork:
+    return ARCHITECTURES[config.architecture](config, tuple(input_shape), num_classes)
+
+
+__all__ = ["ARCHITECTURES", "DualLayer", "DualLinear", "DualNetwork", "LayerOptions",
+           "build_model", "mlp"]

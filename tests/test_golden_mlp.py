@@ -1,0 +1,92 @@
+"""The MLP CCL step reproduces the released code's numbers (tests/fixtures/mlp_mnist_ccl.pt)."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from ccl.losses import ae_pair_loss, cnn_alignment_loss, flooding_keep_mask, mlp_alignment_loss
+from ccl.optim import DualOptimizer
+from ccl.rules import ccl_loss
+from golden import apply_init_recipe, assert_matches_summary, load_fixture
+from main_class_mlp import make_task
+from models import build_model
+from utils.config import build_config
+
+CASES = load_fixture("local_losses.pt")
+
+
+def _keep(case):
+    if not case["filter_target"]:
+        return None
+    return flooding_keep_mask(case["predictions"], case["target"])
+
+
+def _onehot(case):
+    return F.one_hot(case["target"], case["B"].shape[0]).float()
+
+
+def _case_id(case):
+    shape = "x".join(map(str, case["A"].shape))
+    return f"{case['kind']}-{shape}-filter{case.get('filter_target', '')}"
+
+
+@pytest.mark.parametrize("case", CASES, ids=_case_id)
+def test_local_loss_matches_released_code(case):
+    kind = case["kind"]
+    if kind == "mlp":
+        loss = mlp_alignment_loss(case["A"], case["B"], _onehot(case), _keep(case),
+                                  loss_scale_C=case["loss_scale_C"])
+    elif kind == "cnn":
+        loss = cnn_alignment_loss(case["A"], case["B"], _onehot(case), _keep(case),
+                                  loss_scale_C=case["loss_scale_C"], loss_scale_ssl=case["loss_scale_ssl"])
+    else:
+        loss_scale_D = case["loss_scale_D"] if kind == "ae" else None
+        loss = ae_pair_loss(case["A"], case["B"], case["loss_scale_C"], loss_scale_D)
+    assert loss.item() == pytest.approx(case["loss"], rel=1e-5)
+
+
+def test_flooding_masks_confident_samples_only():
+    logits = torch.tensor([[10.0, -10.0], [0.0, 0.0], [-10.0, 10.0]])
+    labels = torch.tensor([0, 0, 0])
+    assert flooding_keep_mask(logits, labels).tolist() == [0.0, 1.0, 1.0]
+
+
+@pytest.fixture(scope="module")
+def golden():
+    return load_fixture("mlp_mnist_ccl.pt")
+
+
+def _model_and_task(golden):
+    config = build_config(golden["config"], {}, {}, "golden config")
+    model = build_model(config, input_shape=golden["x"].shape[1:], num_classes=10)
+    apply_init_recipe(model, golden["init"])
+    return config, model, make_task(config, 10)
+
+
+def test_initial_parameters_follow_the_recipe(golden):
+    _, model, _ = _model_and_task(golden)
+    for name, param in model.named_parameters():
+        assert_matches_summary(param, golden["params_before"][name], name)
+
+
+def test_three_ccl_steps_match_released_code(golden):
+    config, model, task = _model_and_task(golden)
+    optimizer = DualOptimizer(model, config)
+    x, y = golden["x"], golden["y"]
+    params = dict(model.named_parameters())
+    for index, expected in enumerate(golden["steps"]):
+        activations = model(x, detach=True)
+        signals = model.feedback(task.feedback_input(y), detach=True)
+        assert [tuple(a.shape) for a in activations] == [tuple(s) for s in expected["act_shapes"]]
+        assert [tuple(b.shape) for b in signals] == [tuple(s) for s in expected["sig_shapes"]]
+        torch.testing.assert_close(activations[-1], expected["logits"], rtol=1e-4, atol=1e-5)
+        assert F.cross_entropy(activations[-1], y).item() == pytest.approx(expected["ce_loss"], rel=1e-4)
+
+        loss = ccl_loss(model, task, x, y)
+        assert loss.item() == pytest.approx(expected["total_loss"], rel=1e-4), f"step {index}"
+        if expected["raw_grads"] is not None:
+            grads = torch.autograd.grad(loss, list(params.values()), retain_graph=True)
+            for (name, _), grad in zip(params.items(), grads):
+                assert_matches_summary(grad, expected["raw_grads"][name], f"grad {name}")
+        optimizer.step(loss)
+        for name, param in params.items():
+            assert_matches_summary(param, expected["params_after"][name], f"step {index} {name}")

@@ -1,0 +1,137 @@
+"""The command line shared by the entry scripts: `--yaml PATH`, run options, and `--KEY VALUE`
+for every config key. Anything it does not know is an error (exit code 2) that names it."""
+from __future__ import annotations
+
+import argparse
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from utils.config import KEYS, SECTIONS, Config, build_config, closest, parse_cli_value, read_yaml_sections
+from utils.errors import ConfigError
+
+DEFAULT_DATA_ROOT = Path("data")
+# Flags that may change when a run is resumed: they do not change its numbers.
+RESUMABLE_FLAGS = ("data_root", "device")
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    yaml: Path | None
+    data_root: Path
+    out_dir: Path
+    device: str
+    resume: bool
+    overwrite: bool
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"yaml": str(self.yaml) if self.yaml else None, "data_root": str(self.data_root),
+                "out_dir": str(self.out_dir), "device": self.device}
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # argparse's own errors go through the same path as ours
+        raise ConfigError(message)
+
+
+def _metavar(key) -> str:
+    return "{" + ",".join(map(str, key.choices)) + "}" if key.choices else key.type.__name__.upper()
+
+
+def build_parser(prog: str, description: str) -> argparse.ArgumentParser:
+    parser = _Parser(prog=prog, description=description, allow_abbrev=False)
+    run = parser.add_argument_group("run options")
+    run.add_argument("--yaml", type=Path, help="config file, e.g. yaml/mlp/mnist_ccl.yaml")
+    run.add_argument("--data_root", type=Path, default=None,
+                     help="datasets in torchvision's layout, see prepare_data.py (default: ./data; "
+                          "on --resume: the run's)")
+    run.add_argument("--out_dir", type=Path, default=None,
+                     help="run directory (default: runs/<config folder>/<config name>[-overrides]/seed<seed>)")
+    run.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if available)")
+    run.add_argument("--resume", type=Path, metavar="RUN_DIR", default=None,
+                     help="continue the interrupted run in RUN_DIR with its saved config")
+    run.add_argument("--overwrite", action="store_true",
+                     help="delete an existing run directory and start again")
+    for section in SECTIONS:
+        group = parser.add_argument_group(f"config keys, section '{section}' (override the YAML)")
+        for name, key in KEYS.items():
+            if key.section == section:
+                group.add_argument(f"--{name}", dest=f"key:{name}", metavar=_metavar(key),
+                                   default=argparse.SUPPRESS, help=key.help)
+    return parser
+
+
+def _reject_unknown(parser: argparse.ArgumentParser, unknown: Sequence[str]) -> None:
+    flags = [option for action in parser._actions for option in action.option_strings]
+    for word in unknown:
+        if word.startswith("-"):
+            flag = word.split("=", 1)[0]
+            raise ConfigError(f"unknown flag {flag}{closest(flag, flags)}; see --help for every flag")
+        raise ConfigError(f"unexpected argument {word!r}: every value follows a --flag")
+
+
+def resolve_device(requested: str | None) -> str:
+    if requested is None:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(requested)
+    except (RuntimeError, ValueError):
+        raise ConfigError(f"--device {requested!r} is not a device; use cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"--device {requested}: CUDA is not available here; use --device cpu")
+    if device.type not in ("cpu", "cuda"):
+        raise ConfigError(f"--device {requested}: only cpu and cuda are supported")
+    return str(device)
+
+
+def default_out_dir(yaml_path: Path, overrides: Mapping[str, Any], seed: int) -> Path:
+    """runs/<config folder>/<config name>[-key=value...]/seed<seed>: distinct settings never
+    share a directory."""
+    name = yaml_path.stem + "".join(f"-{key}={value}" for key, value in sorted(overrides.items())
+                                    if key != "seed")
+    return Path("runs") / yaml_path.parent.name / name / f"seed{seed}"
+
+
+def parse_command_line(argv: Sequence[str] | None, prog: str, description: str,
+                       script_defaults: Mapping[str, Any]) -> tuple[Config, RunOptions]:
+    parser = build_parser(prog, description)
+    args, unknown = parser.parse_known_args(argv)
+    _reject_unknown(parser, unknown)
+    overrides = {name.split(":", 1)[1]: parse_cli_value(name.split(":", 1)[1], value)
+                 for name, value in vars(args).items() if name.startswith("key:")}
+    device = resolve_device(args.device)
+    if args.resume is not None:
+        return _resumed(args, overrides, device)
+    if args.yaml is None:
+        raise ConfigError("--yaml is required (e.g. --yaml yaml/mlp/mnist_ccl.yaml), "
+                          "or --resume RUN_DIR to continue a run")
+    config = build_config(read_yaml_sections(args.yaml), overrides, script_defaults, str(args.yaml))
+    out_dir = args.out_dir or default_out_dir(args.yaml, overrides, config.seed)
+    return config, RunOptions(args.yaml, args.data_root or DEFAULT_DATA_ROOT, out_dir, device,
+                              False, args.overwrite)
+
+
+def _resumed(args, overrides, device) -> tuple[Config, RunOptions]:
+    changed = [f"--{name}" for name in overrides] + [f"--{flag}" for flag in ("yaml", "out_dir")
+                                                     if getattr(args, flag) is not None]
+    if args.overwrite:
+        changed.append("--overwrite")
+    if changed:
+        raise ConfigError(f"--resume continues a run with the config saved in its directory; "
+                          f"drop {', '.join(changed)} (only {', '.join('--' + f for f in RESUMABLE_FLAGS)} "
+                          f"may change)")
+    saved = args.resume / "config.yaml"
+    if not saved.is_file():
+        raise ConfigError(f"--resume {args.resume}: no config.yaml there, so it is not a run "
+                          f"directory of this project")
+    sections = yaml.safe_load(saved.read_text())
+    run = sections.pop("run", {}) or {}
+    values = {name: value for section in sections.values() for name, value in section.items()}
+    config = build_config(values, {}, {}, str(saved))
+    yaml_path = Path(run["yaml"]) if run.get("yaml") else None
+    data_root = args.data_root or Path(run.get("data_root", DEFAULT_DATA_ROOT))
+    return config, RunOptions(yaml_path, data_root, args.resume, device, True, False)

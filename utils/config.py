@@ -1,0 +1,276 @@
+"""Experiment configuration: the released YAML keys, typed and checked, with a command-line
+override for every one of them (`--lr_F 0.5`, `--seed 1`, ...).
+
+A config file has the released three sections, `method`, `dataset` and `training`. `KEYS` below
+is the single list of every key: its section, type, default and allowed values. A key without
+a default must be in the file (as in the released scripts); an unknown key, a key in the wrong
+section or a value of the wrong type is an error that names the key and the fix.
+"""
+from __future__ import annotations
+
+import difflib
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from utils.errors import ConfigError
+
+SECTIONS = ("method", "dataset", "training")
+REQUIRED = object()
+
+
+@dataclass(frozen=True)
+class Key:
+    section: str
+    type: type
+    help: str
+    default: Any = REQUIRED
+    choices: tuple = ()
+    minimum: float | None = None
+    optional: bool = False  # None is an allowed value
+
+
+def _k(section, type_, help_, **kwargs) -> Key:
+    return Key(section, type_, help_, **kwargs)
+
+
+ACTIVATION_NAMES = ("elu", "tanh", "relu", "leaky_relu", "selu")
+TASK_TRANSFORMS = ("none", "same", "DropColor", "RandCrop", "rot90", "rot180",
+                   "shiftv5", "shiftv10", "shifth5", "shifth10", "bright")
+
+KEYS: dict[str, Key] = {
+    # --- method ---
+    "method": _k("method", str, "learning rule", choices=("BP", "CCL")),
+    "architecture": _k("method", str, "dual network architecture",
+                       choices=("simple_linear", "cnn", "cnn_pool",
+                                "cnn_pool_autoencoder", "cnn_stride_autoencoder")),
+    "task": _k("method", str, "problem the entry script solves (fixed by the script)",
+               default=None, choices=("classification", "autoencoder"), optional=True),
+    "task_transform": _k("method", str, "autoencoder: how the feedback target derives from the input",
+                         default=None, choices=TASK_TRANSFORMS, optional=True),
+    "act_F": _k("method", str, "forward network activation", choices=ACTIVATION_NAMES),
+    "act_B": _k("method", str, "feedback network activation", choices=ACTIVATION_NAMES),
+    "fw_bn": _k("method", int, "forward BatchNorm: 0 none, 1 on the map's input, 2 on its output",
+                choices=(0, 1, 2)),
+    "bw_bn": _k("method", int, "feedback BatchNorm: 0 none, 1 on the map's input, 2 on its output",
+                choices=(0, 1, 2)),
+    "bias_init": _k("method", str, "'zero': biases start at 0; 'none': PyTorch's default init",
+                    choices=("zero", "none")),
+    "bn_affine": _k("method", int, "BatchNorm affine flag (its parameters never train)",
+                    choices=(0, 1)),
+    # --- dataset ---
+    "dataset": _k("dataset", str, "dataset name",
+                  choices=("MNIST", "FashionMNIST", "CIFAR10", "CIFAR100", "MNIST_CNN",
+                           "FashionMNIST_CNN", "STL10_cls", "STL10")),
+    "batchsize": _k("dataset", int, "training batch size", minimum=1),
+    "num_chn": _k("dataset", int, "input channels (must match the dataset)", minimum=1),
+    "num_classes": _k("dataset", int, "classes (must match the dataset; optional)",
+                      default=None, minimum=1, optional=True),
+    # --- training ---
+    "mode": _k("training", str, "only 'train' is released", default="train", choices=("train",)),
+    "epochs": _k("training", int, "training epochs", minimum=1),
+    "lr_F": _k("training", float, "forward parameters' learning rate", minimum=0),
+    "lr_B": _k("training", float, "feedback parameters' learning rate", minimum=0),
+    "mmt_F": _k("training", float, "forward SGD momentum", minimum=0),
+    "mmt_B": _k("training", float, "feedback SGD momentum", minimum=0),
+    "wd_F": _k("training", float, "forward weight decay", minimum=0),
+    "wd_B": _k("training", float, "feedback weight decay", minimum=0),
+    "warmup": _k("training", int, "warm-up steps (loss scaled by (s+1)/warmup); 0 = off", minimum=0),
+    "tmax": _k("training", int, "cosine annealing period in epochs; 0 = constant learning rate",
+               minimum=0),
+    "eta_min": _k("training", float, "cosine annealing's final learning rate (absolute)", minimum=0),
+    "optimizer": _k("training", str, "only 'SGD' is released", default="SGD", choices=("SGD",)),
+    "GradC": _k("training", int, "gradient centralisation: 1 on, 0 off", choices=(0, 1)),
+    "loss_scale_C": _k("training", float, "weight of the alignment term", minimum=0),
+    "loss_scale_ssl": _k("training", float, "CNN: weight of the two decorrelation terms",
+                         default=0.5, minimum=0),
+    "loss_scale_D": _k("training", float, "autoencoder: weight of the normalised term",
+                       default=1.0, minimum=0),
+    "grad_clip_F": _k("training", float, "forward gradient-norm clip; 0 = off", minimum=0),
+    "grad_clip_B": _k("training", float, "feedback gradient-norm clip; 0 = off", minimum=0),
+    "filter_target": _k("training", float, "flooding on (non-zero) or off (0)", minimum=0),
+    "seed": _k("training", int, "seed of every random choice of the run", minimum=0),
+    # --- added by this project (not in the released files) ---
+    "flood_threshold": _k("training", float,
+                          "flooding drops samples with |p(true) - 1| below this (released: 0.1)",
+                          default=0.1, minimum=0),
+    "train_batches_per_epoch": _k("training", int,
+                                  "stop each epoch after this many batches; 0 = whole training set",
+                                  default=0, minimum=0),
+}
+
+
+class Config:
+    """Immutable, validated values of every key, read as attributes (`config.lr_F`)."""
+
+    def __init__(self, values: Mapping[str, Any]):
+        missing = [name for name in KEYS if name not in values]
+        if missing:
+            raise ConfigError(f"config is missing {', '.join(missing)}")
+        object.__setattr__(self, "_values", {name: values[name] for name in KEYS})
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self._values[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    def __setattr__(self, name, value):
+        raise AttributeError("Config is immutable; use config.replace(key=value)")
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, Config) and self._values == other._values
+
+    def __repr__(self) -> str:
+        return f"Config({self._values})"
+
+    def replace(self, **changes) -> "Config":
+        for name, value in changes.items():
+            check_value(name, value)
+        return Config({**self._values, **changes})
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self._values)
+
+    def sections(self) -> dict[str, dict[str, Any]]:
+        """The values grouped by the released sections, ready to be written as YAML."""
+        grouped = {section: {} for section in SECTIONS}
+        for name, value in self._values.items():
+            grouped[KEYS[name].section][name] = value
+        return grouped
+
+
+def closest(name: str, candidates) -> str:
+    """' (did you mean X?)' for the candidate closest to a misspelt name, else ''."""
+    match = difflib.get_close_matches(name, list(candidates), n=1, cutoff=0.5)
+    if not match:
+        lowered = {c.lower(): c for c in candidates}
+        match = [lowered[name.lower()]] if name.lower() in lowered else []
+    return f" (did you mean {match[0]}?)" if match else ""
+
+
+def _type_name(type_: type) -> str:
+    return {int: "an integer", float: "a number", str: "a string"}[type_]
+
+
+def coerce(name: str, value: Any, source: str) -> Any:
+    """Return `value` as the key's type, or raise a ConfigError naming key, value and source."""
+    key = KEYS[name]
+    if value is None and key.optional:
+        return None
+    wrong = ConfigError(f"{source}: {name} must be {_type_name(key.type)}, got {value!r}")
+    if isinstance(value, bool):  # YAML true/false: the released files spell switches 0/1
+        raise wrong
+    if key.type is int:
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise wrong
+    if key.type is float:
+        if isinstance(value, str):  # PyYAML reads 1e-06 (no dot) as a string
+            try:
+                value = float(value)
+            except ValueError:
+                raise wrong from None
+        if not isinstance(value, int | float):
+            raise wrong
+        if not math.isfinite(value):
+            raise ConfigError(f"{source}: {name} must be a finite number, got {value!r}")
+        return float(value)
+    if not isinstance(value, str):
+        raise wrong
+    return value
+
+
+def check_value(name: str, value: Any, source: str = "config") -> None:
+    key = KEYS[name]
+    if value is None and key.optional:
+        return
+    if key.choices and value not in key.choices:
+        raise ConfigError(f"{source}: {name} must be one of {', '.join(map(str, key.choices))}; "
+                          f"got {value!r}{closest(str(value), map(str, key.choices))}")
+    if key.minimum is not None and value < key.minimum:
+        bound = "positive" if key.minimum == 1 and key.type is int else f">= {key.minimum}"
+        raise ConfigError(f"{source}: {name} must be {bound}, got {value!r}")
+
+
+def parse_cli_value(name: str, text: str) -> Any:
+    """A command-line string as the key's value; 'none'/'null' clears an optional key."""
+    key = KEYS[name]
+    if key.optional and key.type is not str and text.lower() in ("none", "null"):
+        return None
+    if key.type is int:
+        try:
+            return int(text)
+        except ValueError:
+            raise ConfigError(f"--{name} must be an integer, got {text!r}") from None
+    if key.type is float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise ConfigError(f"--{name} must be a number, got {text!r}") from None
+        if not math.isfinite(value):
+            raise ConfigError(f"--{name} must be a finite number, got {text!r}")
+        return value
+    return text
+
+
+def read_yaml_sections(path: str | Path) -> dict[str, Any]:
+    """The flat key -> value mapping of a config file, every key known and in its section."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist; pass --yaml with the path of a "
+                          f"file such as yaml/mlp/mnist_ccl.yaml")
+    try:
+        document = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path} is not valid YAML: {error}") from None
+    if not isinstance(document, dict):
+        raise ConfigError(f"{path} must hold the sections {', '.join(SECTIONS)}")
+    values = {}
+    for section, entries in document.items():
+        if section not in SECTIONS:
+            raise ConfigError(f"{path}: unknown section {section!r}{closest(str(section), SECTIONS)}; "
+                              f"the sections are {', '.join(SECTIONS)}")
+        if not isinstance(entries, dict):
+            raise ConfigError(f"{path}: section {section} must be a mapping of key: value")
+        for name, value in entries.items():
+            if name not in KEYS:
+                raise ConfigError(f"{path}: unknown key {name!r} in section {section}"
+                                  f"{closest(str(name), KEYS)}")
+            if KEYS[name].section != section:
+                raise ConfigError(f"{path}: key {name} belongs in section {KEYS[name].section}, "
+                                  f"not {section}")
+            values[name] = coerce(name, value, str(path))
+    return values
+
+
+def build_config(file_values: Mapping[str, Any], overrides: Mapping[str, Any],
+                 defaults: Mapping[str, Any], source: str) -> Config:
+    """File values, then command-line overrides, over the script's and the keys' defaults."""
+    values = {}
+    for name, key in KEYS.items():
+        if name in overrides:
+            values[name] = overrides[name]
+        elif name in file_values:
+            values[name] = file_values[name]
+        elif name in defaults:
+            values[name] = defaults[name]
+        elif key.default is not REQUIRED:
+            values[name] = key.default
+        else:
+            raise ConfigError(f"{source}: key {name} is missing; add it to section {key.section} "
+                              f"({key.help}) or pass --{name}")
+    for name, value in values.items():
+        check_value(name, value, source if name not in overrides else f"--{name}")
+    return Config(values)
+
+
+def config_yaml(config: Config, run: Mapping[str, Any]) -> str:
+    """YAML text of the resolved config plus a `run` section (how it was started)."""
+    return yaml.safe_dump({**config.sections(), "run": dict(run)}, sort_keys=False)

@@ -1,0 +1,43 @@
+"""Reading dataset files with integrity checks: a missing, truncated or corrupted file is a
+DataError that names the file, the checksum expected and found, and the fix."""
+from __future__ import annotations
+
+import gzip
+import hashlib
+from pathlib import Path
+
+from utils.errors import DataError
+
+PREPARE_COMMAND = "python prepare_data.py {dataset} --data_root {root}"
+
+
+def md5_of(data: bytes) -> str:
+    return hashlib.md5(data).hexdigest()
+
+
+def prepare_hint(dataset: str, root: Path) -> str:
+    return PREPARE_COMMAND.format(dataset=dataset, root=root)
+
+
+def read_checked(path: Path, expected_md5: str, dataset: str, root: Path,
+                 allow_gzip: bool = False) -> bytes:
+    """The bytes of `path` (or of `path.gz`, decompressed, when `allow_gzip`), whose md5 must
+    be `expected_md5`."""
+    candidates = [path] + ([path.with_name(path.name + ".gz")] if allow_gzip else [])
+    found = next((p for p in candidates if p.is_file()), None)
+    if found is None:
+        raise DataError(f"{dataset}: file {path} is missing.",
+                        f"Run `{prepare_hint(dataset, root)}`, or place the official file there.")
+    data = found.read_bytes()
+    if found.suffix == ".gz":
+        try:
+            data = gzip.decompress(data)
+        except (OSError, EOFError) as error:
+            raise DataError(f"{dataset}: {found} is not a valid gzip file ({error}).",
+                            f"Delete it and run `{prepare_hint(dataset, root)}`.") from None
+    actual = md5_of(data)
+    if actual != expected_md5:
+        raise DataError(f"{dataset}: {found} is corrupted or not the official file: md5 "
+                        f"{actual}, expected {expected_md5} (of the uncompressed data).",
+                        f"Delete it and run `{prepare_hint(dataset, root)}`.")
+    return data
