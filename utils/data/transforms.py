@@ -42,3 +42,36 @@ class Compose:
         for transform in self.transforms:
             x = transform(x, generator)
         return x
+
+
+def _coin(n: int, probability: float, device, generator) -> torch.Tensor:
+    return torch.rand(n, device=device, generator=generator) < probability
+
+
+def random_hflip(x: torch.Tensor, generator=None) -> torch.Tensor:
+    """Mirror each image left-right with probability 1/2."""
+    flip = _coin(len(x), 0.5, x.device, generator)
+    return torch.where(flip[:, None, None, None], x.flip(-1), x)
+
+
+class RandomCrop:
+    """Pad every side by `padding` ('edge' repeats the border, 'zeros' pads with 0), then cut
+    an (H, W) window at a uniformly random offset per image, as torchvision's RandomCrop."""
+
+    def __init__(self, padding: int, mode: str = "zeros"):
+        if mode not in ("edge", "zeros"):
+            raise ValueError(f"padding mode must be 'edge' or 'zeros', got {mode!r}")
+        self.padding = padding
+        self.pad_mode = "replicate" if mode == "edge" else "constant"
+
+    def __call__(self, x: torch.Tensor, generator=None) -> torch.Tensor:
+        n, _, height, width = x.shape
+        p = self.padding
+        padded = torch.nn.functional.pad(x, (p, p, p, p), mode=self.pad_mode)
+        top = torch.randint(0, 2 * p + 1, (n,), device=x.device, generator=generator)
+        left = torch.randint(0, 2 * p + 1, (n,), device=x.device, generator=generator)
+        rows = (top[:, None] + torch.arange(height, device=x.device))[:, None, :, None]
+        cols = (left[:, None] + torch.arange(width, device=x.device))[:, None, None, :]
+        samples = torch.arange(n, device=x.device)[:, None, None, None]
+        channels = torch.arange(x.shape[1], device=x.device)[None, :, None, None]
+        return padded[samples, channels, rows, cols]

@@ -1,0 +1,86 @@
+"""main_class_mlp.py end to end on small IDX files: the real loading code, a few epochs, the
+run directory's files, and reproducibility from the seed."""
+import json
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+import main_class_mlp
+from conftest import REPO
+
+YAML = str(REPO / "yaml/mlp/mnist_ccl.yaml")
+
+
+def run_mlp(*args) -> int:
+    return main_class_mlp.main(main_class_mlp.SCRIPT, list(args))
+
+
+@pytest.mark.parametrize("config", ["mnist_ccl", "mnist_bp"])
+def test_training_writes_the_run_directory(tiny_mnist, tmp_path, config):
+    data_root, _ = tiny_mnist
+    out = tmp_path / "run"
+    assert run_mlp("--yaml", str(REPO / f"yaml/mlp/{config}.yaml"), "--data_root", str(data_root),
+                   "--epochs", "3", "--batchsize", "64", "--out_dir", str(out)) == 0
+
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    assert saved["training"]["epochs"] == 3 and saved["dataset"]["batchsize"] == 64
+    assert saved["run"]["script"] == "main_class_mlp.py"
+
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [row["epoch"] for row in rows] == [1, 2, 3]
+    for key in ("train_loss", "val_loss", "val_acc", "lr_F", "lr_B", "seconds"):
+        assert all(key in row for row in rows), key
+
+    results = json.loads((out / "results.json").read_text())
+    assert results["status"] == "finished"
+    assert 0.0 <= results["test_acc"] <= 1.0
+    assert results["test_acc"] > 0.5, "the tiny digits are learnable: training must help"
+    assert results["best_epoch"] in (1, 2, 3) and results["seed"] == 2023
+    for key in ("test_loss", "epochs", "wall_seconds", "device", "versions", "git_commit"):
+        assert key in results
+    assert (out / "best.pt").is_file() and (out / "checkpoint.pt").is_file()
+
+
+def test_same_seed_same_results(tiny_mnist, tmp_path):
+    data_root, _ = tiny_mnist
+    metrics = []
+    for name in ("a", "b"):
+        assert run_mlp("--yaml", YAML, "--data_root", str(data_root), "--epochs", "2",
+                       "--batchsize", "32", "--out_dir", str(tmp_path / name)) == 0
+        results = json.loads((tmp_path / name / "results.json").read_text())
+        history = [json.loads(line) for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
+        metrics.append(({k: v for k, v in results.items() if k.startswith(("test_", "val_", "best"))},
+                        [(r["train_loss"], r["val_loss"], r["val_acc"]) for r in history]))
+    assert metrics[0] == metrics[1]
+
+
+def test_another_seed_gives_other_results(tiny_mnist, tmp_path):
+    data_root, _ = tiny_mnist
+    losses = []
+    for seed in ("1", "2"):
+        out = tmp_path / seed
+        assert run_mlp("--yaml", YAML, "--data_root", str(data_root), "--epochs", "1",
+                       "--batchsize", "32", "--seed", seed, "--out_dir", str(out)) == 0
+        losses.append(json.loads((out / "metrics.jsonl").read_text())["train_loss"])
+    assert losses[0] != losses[1]
+
+
+def test_default_run_directory_names_config_overrides_and_seed(tiny_mnist, in_tmp_cwd):
+    data_root, _ = tiny_mnist
+    assert run_mlp("--yaml", YAML, "--data_root", str(data_root), "--epochs", "1", "--lr_B", "0.5") == 0
+    assert (in_tmp_cwd / "runs/mlp/mnist_ccl-epochs=1-lr_B=0.5/seed2023/results.json").is_file()
+
+
+def test_command_line_subprocess(tiny_mnist, tmp_path):
+    """As a user runs it: a separate process, exit code 0, results on disk."""
+    data_root, checksum_file = tiny_mnist
+    out = tmp_path / "run"
+    done = subprocess.run([sys.executable, str(REPO / "tests/launch.py"), str(checksum_file),
+                           "main_class_mlp.py", "--yaml", YAML, "--data_root", str(data_root),
+                           "--epochs", "1", "--out_dir", str(out)],
+                          capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert done.returncode == 0, done.stderr
+    assert "test_acc" in done.stdout
+    assert json.loads((out / "results.json").read_text())["status"] == "finished"
