@@ -37,18 +37,22 @@ class DualOptimizer:
             self.schedulers = [CosineAnnealingLR(sgd, T_max=config.tmax, eta_min=config.eta_min)
                                for sgd in (self.forward_sgd, self.feedback_sgd)]
         self.warmup = config.warmup
+        self.warmup_per_epoch = config.warmup_counter == "batch_in_epoch"
         self.centralise = bool(config.GradC)
         self.grad_clip_F = config.grad_clip_F
         self.grad_clip_B = config.grad_clip_B
         self.steps_taken = 0
 
-    def warmup_factor(self) -> float:
-        if self.steps_taken < self.warmup:
-            return (self.steps_taken + 1) / self.warmup
-        return 1.0
+    def warmup_factor(self, batch_in_epoch: int = 0) -> float:
+        """(i + 1) / warmup while fewer than `warmup` steps were taken; i counts the global
+        steps, or (`warmup_counter: batch_in_epoch`, as released) the batches of this epoch."""
+        if self.steps_taken >= self.warmup:
+            return 1.0
+        counter = batch_in_epoch if self.warmup_per_epoch else self.steps_taken
+        return (counter + 1) / self.warmup
 
-    def step(self, loss: torch.Tensor) -> None:
-        (loss * self.warmup_factor()).backward()
+    def step(self, loss: torch.Tensor, batch_in_epoch: int = 0) -> None:
+        (loss * self.warmup_factor(batch_in_epoch)).backward()
         if self.centralise:
             centralise_gradients(self.forward_params + self.feedback_params)
         if self.grad_clip_F > 0:

@@ -166,7 +166,7 @@ class Trainer:
                    desc=f"epoch {progress.epoch + 1}/{self.config.epochs}", dynamic_ncols=True)
         for inputs, targets in bar:
             loss = self.rule(self.model, self.task, inputs, targets)
-            self.optimizer.step(loss)
+            self.optimizer.step(loss, batch_in_epoch=progress.batch)
             loss = loss.detach()
             loss_sum += loss * len(targets)
             monitor.observe(loss)

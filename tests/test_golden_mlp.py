@@ -91,3 +91,28 @@ def test_three_ccl_steps_match_released_code(golden):
         optimizer.step(loss)
         for name, param in params.items():
             assert_matches_summary(param, expected["params_after"][name], f"step {index} {name}")
+
+
+def _optimizer(warmup, counter):
+    config = build_config(load_fixture("mlp_mnist_ccl.pt")["config"],
+                          {"warmup": warmup, "warmup_counter": counter}, {}, "golden config")
+    model = build_model(config, input_shape=(784,), num_classes=10)
+    return DualOptimizer(model, config)
+
+
+def test_warmup_counts_global_steps_by_default():
+    optimizer = _optimizer(4, "step")
+    optimizer.steps_taken = 3
+    assert optimizer.warmup_factor(batch_in_epoch=0) == 1.0
+    optimizer.steps_taken = 4
+    assert optimizer.warmup_factor(batch_in_epoch=0) == 1.0
+    optimizer.steps_taken = 2
+    assert optimizer.warmup_factor(batch_in_epoch=0) == 0.75
+
+
+def test_released_warmup_restarts_every_epoch():
+    optimizer = _optimizer(4, "batch_in_epoch")
+    optimizer.steps_taken = 3  # second epoch of 3 batches: the released factor falls back
+    assert optimizer.warmup_factor(batch_in_epoch=0) == 0.25
+    optimizer.steps_taken = 4
+    assert optimizer.warmup_factor(batch_in_epoch=1) == 1.0

@@ -98,6 +98,10 @@ KEYS: dict[str, Key] = {
     "flood_threshold": _k("training", float,
                           "flooding drops samples with |p(true) - 1| below this (released: 0.1)",
                           default=0.1, minimum=0),
+    "warmup_counter": _k("training", str,
+                         "warm-up factor (i+1)/warmup with i the global step ('step') or, as the "
+                         "released scripts do, the batch index within the epoch ('batch_in_epoch')",
+                         default="step", choices=("step", "batch_in_epoch")),
     "train_batches_per_epoch": _k("training", int,
                                   "stop each epoch after this many batches; 0 = whole training set",
                                   default=0, minimum=0),
