@@ -155,6 +155,11 @@ def run(script: Script, config: Config, options: RunOptions) -> int:
                             f"({type(error).__name__}: {error}); start the run again with "
                             f"--overwrite") from None
         print(f"resuming {run_dir} {_position(trainer)}")
+        threads = checkpoint.get("cpu_threads", torch.get_num_threads())
+        if device.type == "cpu" and threads != torch.get_num_threads():
+            print(f"{script.prog}: warning: the run used {threads} CPU threads and now has "
+                  f"{torch.get_num_threads()}: its numbers may differ in the last digits from an "
+                  f"uninterrupted run (set OMP_NUM_THREADS={threads} to match)", file=sys.stderr)
     elif options.resume:
         print(f"resuming {run_dir}: no epoch had finished, so it starts from the beginning")
     (run_dir / RESULTS).unlink(missing_ok=True)  # the run is in progress again

@@ -135,7 +135,8 @@ class Trainer:
         return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "progress": vars(self.progress).copy(), "history": self.history, "best": self.best,
                 "wall_seconds": self.wall_seconds, "rng": rng_states(),
-                "config": self.config.as_dict()}
+                "config": self.config.as_dict(),
+                "cpu_threads": torch.get_num_threads()}  # CPU sums depend on the thread count
 
     def save_checkpoint(self) -> None:
         save_torch(self.run_dir / CHECKPOINT, self.checkpoint())

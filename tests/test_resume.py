@@ -270,6 +270,17 @@ def test_a_damaged_checkpoint_is_a_clear_error(tiny, tmp_path, monkeypatch, caps
     assert "checkpoint.pt cannot be read" in err and "--overwrite" in err
 
 
+def test_resume_with_another_cpu_thread_count_says_the_numbers_may_differ(tiny, tmp_path, monkeypatch,
+                                                                         capsys):
+    out = stopped_run(tiny, tmp_path, monkeypatch)
+    state = torch.load(out / "checkpoint.pt", weights_only=True)
+    assert state["cpu_threads"] == torch.get_num_threads() == 1
+    torch.save({**state, "cpu_threads": 2}, out / "checkpoint.pt")
+    capsys.readouterr()
+    assert run_mlp("--resume", str(out)) == 0
+    assert "the run used 2 CPU threads and now has 1" in capsys.readouterr().err
+
+
 def test_a_file_that_is_not_a_checkpoint_is_a_clear_error(tiny, tmp_path, monkeypatch, capsys):
     out = stopped_run(tiny, tmp_path, monkeypatch)
     torch.save([1, 2, 3], out / "checkpoint.pt")
