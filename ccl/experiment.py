@@ -136,6 +136,25 @@ def load_checkpoint(run_dir: Path, config: Config) -> dict | None:
     return state
 
 
+def resume(trainer: Trainer, checkpoint: dict | None, prog: str) -> None:
+    """Put the trainer where the checkpoint left the run (nowhere to go: start from scratch)."""
+    run_dir = trainer.run_dir
+    if checkpoint is None:
+        print(f"resuming {run_dir}: no epoch had finished, so it starts from the beginning")
+        return
+    try:
+        trainer.restore(checkpoint)
+    except (KeyError, RuntimeError, ValueError, TypeError) as error:
+        raise UserError(f"{run_dir / CHECKPOINT} does not fit this run or this version of the code "
+                        f"({type(error).__name__}: {error}); start the run again with --overwrite") from None
+    print(f"resuming {run_dir} {_position(trainer)}")
+    threads = checkpoint.get("cpu_threads", torch.get_num_threads())
+    if trainer.device.type == "cpu" and threads != torch.get_num_threads():
+        print(f"{prog}: warning: the run used {threads} CPU threads and now has "
+              f"{torch.get_num_threads()}: its numbers may differ in the last digits from an "
+              f"uninterrupted run (set OMP_NUM_THREADS={threads} to match)", file=sys.stderr)
+
+
 def run(script: Script, config: Config, options: RunOptions) -> int:
     run_dir = open_run_dir(options)
     checkpoint = load_checkpoint(run_dir, config) if options.resume else None
@@ -147,21 +166,8 @@ def run(script: Script, config: Config, options: RunOptions) -> int:
     model = build_model(config, data.input_shape, data.num_classes).to(device)
     trainer = Trainer(config, model, script.make_task(config, data.num_classes), RULES[config.method],
                       Loaders(data.train, data.val, data.test), run_dir)
-    if checkpoint is not None:
-        try:
-            trainer.restore(checkpoint)
-        except (KeyError, RuntimeError, ValueError, TypeError) as error:
-            raise UserError(f"{run_dir / CHECKPOINT} does not fit this run or this version of the code "
-                            f"({type(error).__name__}: {error}); start the run again with "
-                            f"--overwrite") from None
-        print(f"resuming {run_dir} {_position(trainer)}")
-        threads = checkpoint.get("cpu_threads", torch.get_num_threads())
-        if device.type == "cpu" and threads != torch.get_num_threads():
-            print(f"{script.prog}: warning: the run used {threads} CPU threads and now has "
-                  f"{torch.get_num_threads()}: its numbers may differ in the last digits from an "
-                  f"uninterrupted run (set OMP_NUM_THREADS={threads} to match)", file=sys.stderr)
-    elif options.resume:
-        print(f"resuming {run_dir}: no epoch had finished, so it starts from the beginning")
+    if options.resume:
+        resume(trainer, checkpoint, script.prog)
     (run_dir / RESULTS).unlink(missing_ok=True)  # the run is in progress again
     identity = {"seed": config.seed, "method": config.method, "dataset": config.dataset,
                 "config": str(options.yaml) if options.yaml else None,

@@ -209,6 +209,14 @@ def test_an_existing_run_directory_is_refused_then_overwritten(tiny, tmp_path, c
     assert not (out / "stale-file").exists() and (out / "results.json").is_file()
 
 
+def test_resuming_a_finished_run_only_tests_it_again(tiny, tmp_path):
+    out = tmp_path / "run"
+    assert run_mlp(*run_args(tiny[0], out, "--epochs", "2")) == 0
+    finished = outcome(out)
+    assert run_mlp("--resume", str(out)) == 0
+    assert outcome(out) == finished
+
+
 def test_overwrite_deletes_only_run_directories(tiny, tmp_path, capsys):
     precious = tmp_path / "thesis"
     precious.mkdir()
