@@ -34,6 +34,7 @@ SCRIPT = Script(
     make_task=make_task,
     defaults={"task_transform": "none"},
     check=no_schedules,
+    ignored=("loss_scale_ssl", "loss_scale_D"),
 )
 
 if __name__ == "__main__":

@@ -9,11 +9,14 @@ schedule, checkpoint. At the end: test the best model. The run directory holds
     best.pt         the weights of the best epoch so far
     results.json    the final (or diverged) outcome
 
-Every write is atomic. The step never waits for the device: the loss is summed on the device
-and read once per epoch; divergence is flagged on the device and read every few steps.
+Every write is atomic, and checkpoint.pt is written first: metrics.jsonl and best.pt are views
+of it that a resumed run rewrites, so a kill between two writes loses nothing. The step never
+waits for the device: the loss is summed on the device and read once per epoch; divergence is
+flagged on the device and read every few steps.
 """
 from __future__ import annotations
 
+import math
 import signal
 import time
 from collections.abc import Callable
@@ -24,7 +27,7 @@ import torch
 from tqdm import tqdm
 
 from ccl.optim import DualOptimizer
-from utils.io import save_torch, write_json, write_jsonl
+from utils.io import save_torch, write_jsonl
 from utils.seed import restore_rng_states, rng_states
 
 CHECKPOINT, BEST, METRICS, RESULTS = "checkpoint.pt", "best.pt", "metrics.jsonl", "results.json"
@@ -32,9 +35,14 @@ DIVERGENCE_CHECK_EVERY = 50  # steps between reads of the device-side divergence
 
 
 class Diverged(Exception):
-    def __init__(self, step: int):
-        super().__init__(f"the training loss became NaN or infinite at step {step}")
+    """The loss (at `step`), a parameter or the validation loss (by `step`) became NaN or
+    infinite."""
+
+    def __init__(self, step: int, what: str = "training loss"):
+        when = "at" if what == "training loss" else "by"
+        super().__init__(f"the {what} became NaN or infinite {when} step {step}")
         self.step = step
+        self.what = what
 
 
 class Interrupted(Exception):
@@ -127,18 +135,30 @@ class Trainer:
         return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "progress": vars(self.progress).copy(), "history": self.history, "best": self.best,
                 "wall_seconds": self.wall_seconds, "rng": rng_states(),
-                "config": self.config.as_dict()}
+                "config": self.config.as_dict(),
+                "cpu_threads": torch.get_num_threads()}  # CPU sums depend on the thread count
 
     def save_checkpoint(self) -> None:
         save_torch(self.run_dir / CHECKPOINT, self.checkpoint())
 
     def restore(self, state: dict) -> None:
+        """Continue from a checkpoint (loaded on the CPU), and bring the run directory's other
+        files back in line with it."""
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.progress = Progress(**state["progress"])
         self.history, self.best = state["history"], state["best"]
         self.wall_seconds = state["wall_seconds"]
         restore_rng_states(state["rng"])
+        at_best_epoch = (self.best is not None and self.progress.batch == 0
+                         and self.best["epoch"] == self.progress.epoch)
+        self._write_views(new_best=at_best_epoch)
+
+    def _write_views(self, new_best: bool) -> None:
+        """metrics.jsonl, and best.pt when the model just became the best."""
+        write_jsonl(self.run_dir / METRICS, self.history)
+        if new_best:
+            save_torch(self.run_dir / BEST, self.model.state_dict())
 
     # --- training --------------------------------------------------------------------------
     def fit(self) -> dict:
@@ -175,6 +195,8 @@ class Trainer:
             if self.optimizer.steps_taken % DIVERGENCE_CHECK_EVERY == 0:
                 monitor.raise_if_diverged()
             if self.stop.signal_number is not None and progress.batch < len(loader):
+                monitor.raise_if_diverged()  # never checkpoint a diverged model
+                self._raise_if_parameters_diverged()
                 progress.loss_sum = loss_sum.item()
                 progress.seconds += time.perf_counter() - started
                 progress.augment_state = loader.generator.get_state()
@@ -188,26 +210,28 @@ class Trainer:
     def _raise_if_parameters_diverged(self) -> None:
         finite = torch.stack([p.isfinite().all() for p in self.model.parameters()]).all()
         if not finite:
-            raise Diverged(self.optimizer.steps_taken)
+            raise Diverged(self.optimizer.steps_taken, what="parameters")
 
     def _finish_epoch(self) -> None:
         progress = self.progress
         started = time.perf_counter()
         val = self.evaluate(self.loaders.val)
+        criterion = self.task.metric_names[0]
+        if not math.isfinite(val[criterion]):  # finite weights whose outputs overflow
+            raise Diverged(self.optimizer.steps_taken, what=f"validation {criterion}")
         row = {"epoch": progress.epoch + 1, "step": self.optimizer.steps_taken,
                "train_loss": progress.loss_sum / max(progress.samples, 1),
                **{f"val_{name}": value for name, value in val.items()},
                **self.optimizer.learning_rates(),
                "seconds": progress.seconds, "eval_seconds": time.perf_counter() - started}
         self.history.append(row)
-        criterion = self.task.metric_names[0]
-        if self.best is None or val[criterion] < self.best[f"val_{criterion}"]:
+        improved = self.best is None or val[criterion] < self.best[f"val_{criterion}"]
+        if improved:
             self.best = {"epoch": row["epoch"], **{f"val_{k}": v for k, v in val.items()}}
-            save_torch(self.run_dir / BEST, self.model.state_dict())
         self.optimizer.end_epoch()
         self.progress = Progress(epoch=progress.epoch + 1)
-        write_jsonl(self.run_dir / METRICS, self.history)
         self.save_checkpoint()
+        self._write_views(new_best=improved)
         self.log(self._summary(row))
 
     @staticmethod
@@ -232,14 +256,18 @@ class Trainer:
         values = (sums / loader.num_samples).tolist()
         return dict(zip(self.task.metric_names, values))
 
+    def best_so_far(self) -> dict:
+        """The best epoch and its validation metrics (best_epoch None before the first)."""
+        best = self.best or {"epoch": None}
+        return {"best_epoch": best["epoch"], **{k: v for k, v in best.items() if k != "epoch"}}
+
     def _test_best(self) -> dict:
         self.model.load_state_dict(torch.load(self.run_dir / BEST, map_location=self.device,
                                               weights_only=True))
         test = self.evaluate(self.loaders.test)
         return {"status": "finished",
                 **{f"test_{name}": value for name, value in test.items()},
-                "best_epoch": self.best["epoch"],
-                **{name: value for name, value in self.best.items() if name != "epoch"},
+                **self.best_so_far(),
                 "epochs": self.progress.epoch,
                 "steps": self.optimizer.steps_taken,
                 "train_seconds": sum(row["seconds"] for row in self.history),

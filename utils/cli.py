@@ -9,9 +9,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 
-from utils.config import KEYS, SECTIONS, Config, build_config, closest, parse_cli_value, read_yaml_sections
+from utils.config import (KEYS, SECTIONS, Config, build_config, closest, load_yaml_mapping,
+                          parse_cli_value, read_yaml_sections, section_values)
 from utils.errors import ConfigError
 
 DEFAULT_DATA_ROOT = Path("data")
@@ -51,7 +51,8 @@ def build_parser(prog: str, description: str) -> argparse.ArgumentParser:
                           "on --resume: the run's)")
     run.add_argument("--out_dir", type=Path, default=None,
                      help="run directory (default: runs/<config folder>/<config name>[-overrides]/seed<seed>)")
-    run.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if available)")
+    run.add_argument("--device", default=None,
+                     help="cpu, cuda or cuda:N (default: cuda if available; on --resume: the run's)")
     run.add_argument("--resume", type=Path, metavar="RUN_DIR", default=None,
                      help="continue the interrupted run in RUN_DIR with its saved config")
     run.add_argument("--overwrite", action="store_true",
@@ -83,6 +84,9 @@ def resolve_device(requested: str | None) -> str:
         raise ConfigError(f"--device {requested!r} is not a device; use cpu, cuda or cuda:N") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"--device {requested}: CUDA is not available here; use --device cpu")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise ConfigError(f"--device {requested}: there are only {torch.cuda.device_count()} CUDA "
+                          f"devices (cuda:0 to cuda:{torch.cuda.device_count() - 1})")
     if device.type not in ("cpu", "cuda"):
         raise ConfigError(f"--device {requested}: only cpu and cuda are supported")
     return str(device)
@@ -103,9 +107,9 @@ def parse_command_line(argv: Sequence[str] | None, prog: str, description: str,
     _reject_unknown(parser, unknown)
     overrides = {name.split(":", 1)[1]: parse_cli_value(name.split(":", 1)[1], value)
                  for name, value in vars(args).items() if name.startswith("key:")}
-    device = resolve_device(args.device)
     if args.resume is not None:
-        return _resumed(args, overrides, device)
+        return _resumed(args, overrides)
+    device = resolve_device(args.device)
     if args.yaml is None:
         raise ConfigError("--yaml is required (e.g. --yaml yaml/mlp/mnist_ccl.yaml), "
                           "or --resume RUN_DIR to continue a run")
@@ -115,7 +119,7 @@ def parse_command_line(argv: Sequence[str] | None, prog: str, description: str,
                               False, args.overwrite)
 
 
-def _resumed(args, overrides, device) -> tuple[Config, RunOptions]:
+def _resumed(args, overrides) -> tuple[Config, RunOptions]:
     changed = [f"--{name}" for name in overrides] + [f"--{flag}" for flag in ("yaml", "out_dir")
                                                      if getattr(args, flag) is not None]
     if args.overwrite:
@@ -128,10 +132,14 @@ def _resumed(args, overrides, device) -> tuple[Config, RunOptions]:
     if not saved.is_file():
         raise ConfigError(f"--resume {args.resume}: no config.yaml there, so it is not a run "
                           f"directory of this project")
-    sections = yaml.safe_load(saved.read_text())
-    run = sections.pop("run", {}) or {}
-    values = {name: value for section in sections.values() for name, value in section.items()}
-    config = build_config(values, {}, {}, str(saved))
-    yaml_path = Path(run["yaml"]) if run.get("yaml") else None
-    data_root = args.data_root or Path(run.get("data_root", DEFAULT_DATA_ROOT))
+    document = load_yaml_mapping(saved)
+    config = build_config(section_values(document, str(saved), extra_sections=("run",)), {}, {},
+                          str(saved))
+    run = document.get("run") or {}
+    if not isinstance(run, dict):
+        raise ConfigError(f"{saved}: section run must be a mapping of key: value")
+    yaml_path = Path(str(run["yaml"])) if run.get("yaml") else None
+    data_root = args.data_root or Path(str(run.get("data_root") or DEFAULT_DATA_ROOT))
+    saved_device = str(run["device"]) if run.get("device") else None
+    device = resolve_device(args.device or saved_device)  # the run's own device by default
     return config, RunOptions(yaml_path, data_root, args.resume, device, True, False)

@@ -30,8 +30,28 @@ class Key:
     help: str
     default: Any = REQUIRED
     choices: tuple = ()
-    minimum: float | None = None
+    minimum: float | None = None  # smallest allowed value
+    maximum: float | None = None  # largest allowed value
+    above: float | None = None  # values must exceed this
+    below: float | None = None  # values must stay under this
     optional: bool = False  # None is an allowed value
+
+    def allows(self, value) -> bool:
+        return ((self.minimum is None or value >= self.minimum)
+                and (self.maximum is None or value <= self.maximum)
+                and (self.above is None or value > self.above)
+                and (self.below is None or value < self.below))
+
+    def bounds(self) -> str:
+        """The allowed numbers in words: 'positive', '>= 0', '>= 0 and < 1', ..."""
+        if self.type is int and self.minimum == 1 and self.maximum is None:
+            return "positive"
+        limits = ((">=", self.minimum), (">", self.above), ("<=", self.maximum), ("<", self.below))
+        return " and ".join(f"{sign} {_number(limit)}" for sign, limit in limits if limit is not None)
+
+
+def _number(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else f"{value:g}"
 
 
 def _k(section, type_, help_, **kwargs) -> Key:
@@ -75,8 +95,9 @@ KEYS: dict[str, Key] = {
     "epochs": _k("training", int, "training epochs", minimum=1),
     "lr_F": _k("training", float, "forward parameters' learning rate", minimum=0),
     "lr_B": _k("training", float, "feedback parameters' learning rate", minimum=0),
-    "mmt_F": _k("training", float, "forward SGD momentum", minimum=0),
-    "mmt_B": _k("training", float, "feedback SGD momentum", minimum=0),
+    # momentum 1 or more never forgets a gradient: the velocity grows without bound
+    "mmt_F": _k("training", float, "forward SGD momentum", minimum=0, below=1),
+    "mmt_B": _k("training", float, "feedback SGD momentum", minimum=0, below=1),
     "wd_F": _k("training", float, "forward weight decay", minimum=0),
     "wd_B": _k("training", float, "feedback weight decay", minimum=0),
     "warmup": _k("training", int, "warm-up steps (loss scaled by (s+1)/warmup); 0 = off", minimum=0),
@@ -93,11 +114,12 @@ KEYS: dict[str, Key] = {
     "grad_clip_F": _k("training", float, "forward gradient-norm clip; 0 = off", minimum=0),
     "grad_clip_B": _k("training", float, "feedback gradient-norm clip; 0 = off", minimum=0),
     "filter_target": _k("training", float, "flooding on (non-zero) or off (0)", minimum=0),
-    "seed": _k("training", int, "seed of every random choice of the run", minimum=0),
+    "seed": _k("training", int, "seed of every random choice of the run", minimum=0,
+               maximum=2**32 - 1),  # NumPy's seeds are 32-bit
     # --- added by this project (not in the released files) ---
     "flood_threshold": _k("training", float,
                           "flooding drops samples with |p(true) - 1| below this (released: 0.1)",
-                          default=0.1, minimum=0),
+                          default=0.1, above=0, maximum=1),
     "warmup_counter": _k("training", str,
                          "warm-up factor (i+1)/warmup with i the global step ('step') or, as the "
                          "released scripts do, the batch index within the epoch ('batch_in_epoch')",
@@ -150,7 +172,8 @@ class Config:
 
 def closest(name: str, candidates) -> str:
     """' (did you mean X?)' for the candidate closest to a misspelt name, else ''."""
-    match = difflib.get_close_matches(name, list(candidates), n=1, cutoff=0.5)
+    candidates = list(candidates)  # may be an iterator: read twice below
+    match = difflib.get_close_matches(name, candidates, n=1, cutoff=0.5)
     if not match:
         lowered = {c.lower(): c for c in candidates}
         match = [lowered[name.lower()]] if name.lower() in lowered else []
@@ -198,9 +221,8 @@ def check_value(name: str, value: Any, source: str = "config") -> None:
     if key.choices and value not in key.choices:
         raise ConfigError(f"{source}: {name} must be one of {', '.join(map(str, key.choices))}; "
                           f"got {value!r}{closest(str(value), map(str, key.choices))}")
-    if key.minimum is not None and value < key.minimum:
-        bound = "positive" if key.minimum == 1 and key.type is int else f">= {key.minimum}"
-        raise ConfigError(f"{source}: {name} must be {bound}, got {value!r}")
+    if key.type in (int, float) and not key.allows(value):
+        raise ConfigError(f"{source}: {name} must be {key.bounds()} ({key.help}), got {value!r}")
 
 
 def parse_cli_value(name: str, text: str) -> Any:
@@ -224,34 +246,50 @@ def parse_cli_value(name: str, text: str) -> Any:
     return text
 
 
-def read_yaml_sections(path: str | Path) -> dict[str, Any]:
-    """The flat key -> value mapping of a config file, every key known and in its section."""
+def load_yaml_mapping(path: str | Path) -> dict:
+    """The mapping at the top of a YAML file, or a ConfigError saying why there is none."""
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"config file {path} does not exist; pass --yaml with the path of a "
+        problem = "is not a file" if path.exists() else "does not exist"
+        raise ConfigError(f"config file {path} {problem}; pass --yaml with the path of a "
                           f"file such as yaml/mlp/mnist_ccl.yaml")
     try:
-        document = yaml.safe_load(path.read_text())
+        document = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as error:
+        raise ConfigError(f"config file {path} cannot be read: {error}") from None
     except yaml.YAMLError as error:
         raise ConfigError(f"{path} is not valid YAML: {error}") from None
     if not isinstance(document, dict):
         raise ConfigError(f"{path} must hold the sections {', '.join(SECTIONS)}")
+    return document
+
+
+def section_values(document: Mapping, source: str, extra_sections: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The flat key -> value mapping of a config document, every key known and in its section.
+    `extra_sections` may also appear; their contents are not config keys and are skipped."""
     values = {}
     for section, entries in document.items():
+        if section in extra_sections:
+            continue
         if section not in SECTIONS:
-            raise ConfigError(f"{path}: unknown section {section!r}{closest(str(section), SECTIONS)}; "
+            raise ConfigError(f"{source}: unknown section {section!r}{closest(str(section), SECTIONS)}; "
                               f"the sections are {', '.join(SECTIONS)}")
         if not isinstance(entries, dict):
-            raise ConfigError(f"{path}: section {section} must be a mapping of key: value")
+            raise ConfigError(f"{source}: section {section} must be a mapping of key: value")
         for name, value in entries.items():
             if name not in KEYS:
-                raise ConfigError(f"{path}: unknown key {name!r} in section {section}"
+                raise ConfigError(f"{source}: unknown key {name!r} in section {section}"
                                   f"{closest(str(name), KEYS)}")
             if KEYS[name].section != section:
-                raise ConfigError(f"{path}: key {name} belongs in section {KEYS[name].section}, "
+                raise ConfigError(f"{source}: key {name} belongs in section {KEYS[name].section}, "
                                   f"not {section}")
-            values[name] = coerce(name, value, str(path))
+            values[name] = coerce(name, value, source)
     return values
+
+
+def read_yaml_sections(path: str | Path) -> dict[str, Any]:
+    """The flat key -> value mapping of a config file, every key known and in its section."""
+    return section_values(load_yaml_mapping(path), str(path))
 
 
 def build_config(file_values: Mapping[str, Any], overrides: Mapping[str, Any],
@@ -273,6 +311,25 @@ def build_config(file_values: Mapping[str, Any], overrides: Mapping[str, Any],
     for name, value in values.items():
         check_value(name, value, source if name not in overrides else f"--{name}")
     return Config(values)
+
+
+def ignored_settings(config: Config) -> list[str]:
+    """Values that have no effect in this combination of keys (the released code ignores them
+    too): one line each, for a warning. Settings the released configs themselves carry (lr_B
+    with BP, eta_min without a schedule) are not listed: they are inert by design."""
+    notes = []
+    if config.method == "BP" and config.filter_target:
+        notes.append("filter_target is ignored with method BP: flooding acts on CCL's layer-pair losses")
+    if not config.filter_target and config.flood_threshold != KEYS["flood_threshold"].default:
+        notes.append("flood_threshold is ignored while filter_target is 0 (flooding off)")
+    if not config.warmup and config.warmup_counter != KEYS["warmup_counter"].default:
+        notes.append("warmup_counter is ignored while warmup is 0 (no warm-up)")
+    trained = {"lr_F": config.lr_F, **({"lr_B": config.lr_B} if config.method == "CCL" else {})}
+    for name, lr in trained.items():
+        if config.tmax and config.eta_min > lr:
+            notes.append(f"eta_min {config.eta_min:g} is above {name} {lr:g}: the cosine schedule "
+                         f"raises that learning rate")
+    return notes
 
 
 def config_yaml(config: Config, run: Mapping[str, Any]) -> str:

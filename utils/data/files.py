@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import zlib
 from pathlib import Path
 
 from utils.errors import DataError
@@ -28,11 +29,16 @@ def read_checked(path: Path, expected_md5: str, dataset: str, root: Path,
     if found is None:
         raise DataError(f"{dataset}: file {path} is missing.",
                         f"Run `{prepare_hint(dataset, root)}`, or place the official file there.")
-    data = found.read_bytes()
+    try:
+        data = found.read_bytes()
+    except OSError as error:
+        raise DataError(f"{dataset}: {found} cannot be read ({error}).",
+                        f"Check its permissions, or delete it and run "
+                        f"`{prepare_hint(dataset, root)}`.") from None
     if found.suffix == ".gz":
         try:
             data = gzip.decompress(data)
-        except (OSError, EOFError) as error:
+        except (OSError, EOFError, zlib.error) as error:  # bad header, cut short, bad deflate stream
             raise DataError(f"{dataset}: {found} is not a valid gzip file ({error}).",
                             f"Delete it and run `{prepare_hint(dataset, root)}`.") from None
     actual = md5_of(data)

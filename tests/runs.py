@@ -1,0 +1,64 @@
+"""Running main_class_mlp.py on the tiny test data, in this process or as a real process, and
+reading back what a run left in its directory."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+import main_class_mlp
+from conftest import REPO
+
+MLP_YAML = str(REPO / "yaml/mlp/mnist_ccl.yaml")
+TIMING = {"seconds", "eval_seconds", "wall_seconds", "train_seconds"}  # differ run to run
+# One thread: identical arithmetic in this process and in subprocesses, and no OpenMP
+# spin-waiting on a busy machine (which slows these small runs tenfold).
+ONE_THREAD = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def run_mlp(*args: str) -> int:
+    """main_class_mlp.py in this process; returns its exit code."""
+    return main_class_mlp.main(main_class_mlp.SCRIPT, list(args))
+
+
+def start_mlp(checksum_file: Path, *args: str) -> subprocess.Popen:
+    """main_class_mlp.py as a process of its own (on the test data's checksums)."""
+    return subprocess.Popen([sys.executable, str(REPO / "tests/launch.py"), str(checksum_file),
+                             "main_class_mlp.py", *args],
+                            cwd=REPO, env=ONE_THREAD, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+
+
+def wait_for_file(path: Path, process: subprocess.Popen, timeout: float = 60) -> None:
+    """Poll until `path` exists; fail if the process ends first or the time runs out."""
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        if process.poll() is not None:
+            pytest.fail(f"the run ended (exit {process.returncode}) before {path.name} appeared:\n"
+                        f"{process.stderr.read()}")
+        if time.monotonic() > deadline:
+            process.kill()
+            pytest.fail(f"{path.name} did not appear within {timeout}s")
+        time.sleep(0.005)
+
+
+def outcome(run_dir: Path) -> tuple[list[dict], dict]:
+    """metrics.jsonl rows and results.json of a run, without the timing fields."""
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    results = json.loads((run_dir / "results.json").read_text())
+    strip = lambda row: {k: v for k, v in row.items() if k not in TIMING}  # noqa: E731
+    return [strip(row) for row in rows], strip(results)
