@@ -18,7 +18,6 @@ from utils.data.cifar import LAYOUT, load_cifar_split
 from utils.data.prepare import prepare
 from utils.data.recipes import CNN_TRANSFORMS, cnn_data
 from utils.data.stl10 import ARCHIVE as STL10_ARCHIVE
-from utils.data.stl10 import CHECKSUMS as STL10_CHECKSUMS
 from utils.data.stl10 import load_stl10_split
 from utils.data.transforms import RandomCrop, Resize, random_hflip
 from utils.errors import DataError
@@ -157,7 +156,8 @@ def test_crop_takes_a_window_of_the_padded_image(mode):
     padded = torch.nn.functional.pad(x, (2, 2, 2, 2), mode="replicate" if mode == "edge" else "constant")
     offsets = set()
     for image, source in zip(out, padded):
-        found = [(t, l) for t in range(5) for l in range(5) if torch.equal(image, source[:, t:t + 8, l:l + 8])]
+        found = [(top, left) for top in range(5) for left in range(5)
+                 if torch.equal(image, source[:, top:top + 8, left:left + 8])]
         assert found, "every output is a window of the padded input"
         offsets.add(found[0])
     assert len(offsets) > 5, "offsets vary between images"
