@@ -7,15 +7,14 @@ from functools import partial
 
 from ccl.experiment import Script, main
 from ccl.losses import mlp_alignment_loss
-from ccl.tasks import Classification
+from ccl.tasks import Classification, flood_threshold
 from utils.data.recipes import mlp_data
 from utils.errors import ConfigError
 
 
 def make_task(config, num_classes: int) -> Classification:
-    flood = config.flood_threshold if config.filter_target else None
     return Classification(num_classes, partial(mlp_alignment_loss, loss_scale_C=config.loss_scale_C),
-                          flood)
+                          flood_threshold(config))
 
 
 def no_schedules(config) -> None:

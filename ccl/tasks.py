@@ -13,6 +13,11 @@ from ccl.losses import ae_pair_loss, flooding_keep_mask
 AlignmentLoss = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, "torch.Tensor | None"], torch.Tensor]
 
 
+def flood_threshold(config) -> float | None:
+    """The config's flooding threshold, or None when flooding is off (`filter_target: 0`)."""
+    return config.flood_threshold if config.filter_target else None
+
+
 class Classification:
     """Labels in, logits out. The feedback network receives the one-hot vectors of all classes
     (a C x C identity), so b_l holds one template per class and costs C samples per step."""

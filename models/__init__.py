@@ -1,6 +1,9 @@
 """Dual networks built from a config: `build_model(config, input_shape, num_classes)`."""
 from __future__ import annotations
 
+from functools import partial
+
+from models.cnn import build_cnn, cnn
 from models.layers import DualLayer, DualLinear, LayerOptions
 from models.mlp import build_simple_linear, mlp
 from models.network import DualNetwork
@@ -8,6 +11,8 @@ from models.network import DualNetwork
 # architecture name (the configs' `architecture` key) -> builder(config, input_shape, num_classes)
 ARCHITECTURES = {
     "simple_linear": build_simple_linear,
+    "cnn": partial(build_cnn, pooled=False),
+    "cnn_pool": partial(build_cnn, pooled=True),
 }
 
 
@@ -16,4 +21,4 @@ def build_model(config, input_shape, num_classes) -> DualNetwork:
 
 
 __all__ = ["ARCHITECTURES", "DualLayer", "DualLinear", "DualNetwork", "LayerOptions",
-           "build_model", "mlp"]
+           "build_model", "cnn", "mlp"]

@@ -5,8 +5,7 @@ import torch.nn.functional as F
 
 from ccl.losses import ae_pair_loss, cnn_alignment_loss, flooding_keep_mask, mlp_alignment_loss
 from ccl.optim import DualOptimizer
-from ccl.rules import ccl_loss
-from golden import apply_init_recipe, assert_matches_summary, load_fixture
+from golden import assert_ccl_steps_match, assert_matches_summary, golden_model_and_task, load_fixture
 from main_class_mlp import make_task
 from models import build_model
 from utils.config import build_config
@@ -56,10 +55,7 @@ def golden():
 
 
 def _model_and_task(golden):
-    config = build_config(golden["config"], {}, {}, "golden config")
-    model = build_model(config, input_shape=golden["x"].shape[1:], num_classes=10)
-    apply_init_recipe(model, golden["init"])
-    return config, model, make_task(config, 10)
+    return golden_model_and_task(golden, make_task)
 
 
 def test_initial_parameters_follow_the_recipe(golden):
@@ -69,28 +65,7 @@ def test_initial_parameters_follow_the_recipe(golden):
 
 
 def test_three_ccl_steps_match_released_code(golden):
-    config, model, task = _model_and_task(golden)
-    optimizer = DualOptimizer(model, config)
-    x, y = golden["x"], golden["y"]
-    params = dict(model.named_parameters())
-    for index, expected in enumerate(golden["steps"]):
-        activations = model(x, detach=True)
-        signals = model.feedback(task.feedback_input(y), detach=True)
-        assert [tuple(a.shape) for a in activations] == [tuple(s) for s in expected["act_shapes"]]
-        assert [tuple(b.shape) for b in signals] == [tuple(s) for s in expected["sig_shapes"]]
-        torch.testing.assert_close(activations[-1], expected["logits"], rtol=1e-4, atol=1e-5)
-        assert F.cross_entropy(activations[-1], y).item() == pytest.approx(expected["ce_loss"], rel=1e-4)
-
-        loss = ccl_loss(model, task, x, y)
-        assert loss.item() == pytest.approx(expected["total_loss"], rel=1e-4), f"step {index}"
-        if expected["raw_grads"] is not None:  # gradients of the warm-up-scaled loss
-            scaled = loss * optimizer.warmup_factor()
-            grads = torch.autograd.grad(scaled, list(params.values()), retain_graph=True)
-            for (name, _), grad in zip(params.items(), grads):
-                assert_matches_summary(grad, expected["raw_grads"][name], f"grad {name}")
-        optimizer.step(loss)
-        for name, param in params.items():
-            assert_matches_summary(param, expected["params_after"][name], f"step {index} {name}")
+    assert_ccl_steps_match(golden, *_model_and_task(golden))
 
 
 def _optimizer(warmup, counter):

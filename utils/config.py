@@ -124,6 +124,9 @@ KEYS: dict[str, Key] = {
                          "warm-up factor (i+1)/warmup with i the global step ('step') or, as the "
                          "released scripts do, the batch index within the epoch ('batch_in_epoch')",
                          default="step", choices=("step", "batch_in_epoch")),
+    "augment_validation": _k("dataset", int,
+                             "1: validation batches get the training augmentation, as in the released "
+                             "CIFAR CNN pipelines; 0: the evaluation transform", default=0, choices=(0, 1)),
     "train_batches_per_epoch": _k("training", int,
                                   "stop each epoch after this many batches; 0 = whole training set",
                                   default=0, minimum=0),

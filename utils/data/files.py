@@ -21,14 +21,16 @@ def prepare_hint(dataset: str, root: Path) -> str:
 
 
 def read_checked(path: Path, expected_md5: str, dataset: str, root: Path,
-                 allow_gzip: bool = False) -> bytes:
+                 allow_gzip: bool = False, archive: str | None = None) -> bytes:
     """The bytes of `path` (or of `path.gz`, decompressed, when `allow_gzip`), whose md5 must
-    be `expected_md5`."""
+    be `expected_md5`. `archive`: the official archive the file comes in, named by the error."""
     candidates = [path] + ([path.with_name(path.name + ".gz")] if allow_gzip else [])
     found = next((p for p in candidates if p.is_file()), None)
     if found is None:
+        manual = (f"download {archive} and unpack it into {root}/" if archive
+                  else "place the official file there")
         raise DataError(f"{dataset}: file {path} is missing.",
-                        f"Run `{prepare_hint(dataset, root)}`, or place the official file there.")
+                        f"Run `{prepare_hint(dataset, root)}`, or {manual}.")
     try:
         data = found.read_bytes()
     except OSError as error:

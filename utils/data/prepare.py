@@ -17,7 +17,7 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from utils.data.cifar import ARCHIVES, LAYOUT
+from utils.data.cifar import LAYOUT
 from utils.data.datasets import SOURCES
 from utils.data.mnist import IDX_FILES
 from utils.data.stl10 import ARCHIVE as STL10_ARCHIVE
@@ -95,9 +95,9 @@ REGISTRY_FALLBACK: dict[str, tuple[str, Callable[[Path, Path], None]]] = {
 
 def manual_instructions(dataset: str, root: Path) -> str:
     if dataset in LAYOUT:
-        folder = LAYOUT[dataset][0]
-        return (f"download {ARCHIVES[dataset]} and unpack it into {root}/ so that "
-                f"{root}/{folder}/ holds {', '.join(LAYOUT[dataset][1] + LAYOUT[dataset][2])}")
+        layout = LAYOUT[dataset]
+        return (f"download {layout.archive} and unpack it into {root}/ so that "
+                f"{root}/{layout.folder}/ holds {', '.join(layout.files)}")
     if dataset == "STL10":
         return (f"download {STL10_ARCHIVE} and unpack it into {root}/ so that "
                 f"{root}/{STL10_FOLDER}/ holds train_X.bin, train_y.bin, test_X.bin, test_y.bin")

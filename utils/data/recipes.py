@@ -5,10 +5,12 @@ import math
 from dataclasses import dataclass
 
 from utils.data.datasets import Splits
-from utils.data.loader import BatchLoader, classification_batch
-from utils.data.transforms import Compose, Normalize, flatten, to_unit_range
+from utils.data.loader import BatchLoader, classification_batch, derived_seed
+from utils.data.transforms import (Compose, Normalize, RandomCrop, Resize, flatten, random_hflip,
+                                   to_unit_range)
 
 EVAL_BATCH_FACTOR = 4  # evaluation batches are larger: no gradients are kept
+VALIDATION_STREAM = 2  # seeds the validation augmentation (`augment_validation: 1`) apart from training's
 
 # main_class_mlp.py: to [0, 1], normalise with the dataset's statistics, flatten.
 MLP_NORMALISATION = {
@@ -16,6 +18,26 @@ MLP_NORMALISATION = {
     "FashionMNIST": ((0.2860,), (0.3530,)),
     "CIFAR10": ((0.49139968, 0.48215841, 0.44653091), (0.24703223, 0.24348513, 0.26158784)),
     "CIFAR100": ((0.50707516, 0.48654887, 0.44091784), (0.26733429, 0.25643846, 0.27615047)),
+}
+
+
+# main_class_cnn.py, per dataset key: (training transform, evaluation transform), as released
+# (SPEC section 8). Every CNN takes 32x32 images.
+IMAGENET = Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+CIFAR = (Compose(to_unit_range, random_hflip, RandomCrop(4, mode="edge"), IMAGENET),
+         Compose(to_unit_range, IMAGENET))
+# Digits: 28x28 zero-padded by 4 and cropped to 32x32 in training, but resized to 32x32 for
+# evaluation, without normalisation (docs/FIDELITY.md).
+DIGITS = (Compose(to_unit_range, RandomCrop(4, mode="zeros", size=32), random_hflip),
+          Compose(to_unit_range, Resize(32)))
+STL10_SMALL = (Compose(Resize(32), random_hflip, to_unit_range),
+               Compose(Resize(32), to_unit_range))
+CNN_TRANSFORMS = {
+    "CIFAR10": CIFAR,
+    "CIFAR100": CIFAR,
+    "MNIST_CNN": DIGITS,
+    "FashionMNIST_CNN": DIGITS,
+    "STL10_cls": STL10_SMALL,
 }
 
 
@@ -29,10 +51,15 @@ class Data:
 
 
 def make_loaders(config, splits: Splits, train_batch, eval_batch) -> tuple[BatchLoader, ...]:
+    """Training, validation and test loaders. Validation batches are made like test batches
+    unless `augment_validation` asks for the training augmentation (as the released CIFAR
+    pipelines did)."""
     eval_size = config.batchsize * EVAL_BATCH_FACTOR
+    val_batch = train_batch if config.augment_validation else eval_batch
     return (BatchLoader(*splits.train, config.batchsize, train_batch, shuffle=True,
                         seed=config.seed, max_batches=config.train_batches_per_epoch),
-            BatchLoader(*splits.val, eval_size, eval_batch, shuffle=False),
+            BatchLoader(*splits.val, eval_size, val_batch, shuffle=False,
+                        seed=derived_seed(config.seed, VALIDATION_STREAM)),
             BatchLoader(*splits.test, eval_size, eval_batch, shuffle=False))
 
 
@@ -41,3 +68,11 @@ def mlp_data(config, splits: Splits) -> Data:
     batch = classification_batch(transform)
     input_shape = (math.prod(splits.train[0].shape[1:]),)
     return Data(*make_loaders(config, splits, batch, batch), input_shape, splits.num_classes)
+
+
+def cnn_data(config, splits: Splits) -> Data:
+    train_transform, eval_transform = CNN_TRANSFORMS[config.dataset]
+    input_shape = tuple(eval_transform(splits.test[0][:1]).shape[1:])
+    return Data(*make_loaders(config, splits, classification_batch(train_transform),
+                              classification_batch(eval_transform)),
+                input_shape, splits.num_classes)

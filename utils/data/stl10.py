@@ -18,16 +18,19 @@ CHECKSUMS = {
 }
 ARCHIVE = "http://ai.stanford.edu/~acoates/stl10/stl10_binary.tar.gz"
 IMAGE_BYTES = 3 * 96 * 96
+NUM_CLASSES = 10  # labels are stored as 1..10
 
 
 def load_stl10_split(dataset: str, root: Path, split: str) -> tuple[torch.Tensor, torch.Tensor]:
     """(images (N, 3, 96, 96) uint8, labels (N,) int64 in 0..9) of the 'train' or 'test' split."""
     folder = root / FOLDER
-    x = read_checked(folder / f"{split}_X.bin", CHECKSUMS[f"{split}_X.bin"], dataset, root)
-    y = read_checked(folder / f"{split}_y.bin", CHECKSUMS[f"{split}_y.bin"], dataset, root)
+    x, y = (read_checked(folder / name, CHECKSUMS[name], dataset, root, archive=ARCHIVE)
+            for name in (f"{split}_X.bin", f"{split}_y.bin"))
     if len(x) % IMAGE_BYTES or len(x) // IMAGE_BYTES != len(y):
         raise DataError(f"{dataset}: {folder}/{split}_X.bin holds {len(x) / IMAGE_BYTES:g} images "
                         f"but {split}_y.bin {len(y)} labels")
+    if y and not 1 <= min(y) <= max(y) <= NUM_CLASSES:
+        raise DataError(f"{dataset}: {folder}/{split}_y.bin holds labels outside 1..{NUM_CLASSES}")
     # Stored channel by channel, each channel column-major: transpose to (N, C, H, W).
     images = np.frombuffer(x, dtype=np.uint8).reshape(-1, 3, 96, 96).transpose(0, 1, 3, 2)
     labels = np.frombuffer(y, dtype=np.uint8).astype(np.int64) - 1
