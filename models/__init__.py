@@ -1,6 +1,7 @@
 """Dual networks built from a config: `build_model(config, input_shape, num_classes)`."""
 from __future__ import annotations
 
+from models.autoencoder import build_conv_autoencoder
 from models.layers import DualLayer, DualLinear, LayerOptions
 from models.mlp import build_simple_linear, mlp
 from models.network import DualNetwork
@@ -8,6 +9,10 @@ from models.network import DualNetwork
 # architecture name (the configs' `architecture` key) -> builder(config, input_shape, num_classes)
 ARCHITECTURES = {
     "simple_linear": build_simple_linear,
+    # The released autoencoder script builds the same network whichever of its two names the
+    # config gives (docs/FIDELITY.md).
+    "cnn_pool_autoencoder": build_conv_autoencoder,
+    "cnn_stride_autoencoder": build_conv_autoencoder,
 }
 
 
