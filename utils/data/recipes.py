@@ -5,8 +5,9 @@ import math
 from dataclasses import dataclass
 
 from utils.data.datasets import Splits
-from utils.data.loader import BatchLoader, classification_batch
-from utils.data.transforms import Compose, Normalize, flatten, to_unit_range
+from utils.data.loader import BatchLoader, classification_batch, reconstruction_batch
+from utils.data.task_transforms import TASK_TRANSFORMS
+from utils.data.transforms import Compose, Normalize, RandomCrop, flatten, random_hflip, to_unit_range
 
 EVAL_BATCH_FACTOR = 4  # evaluation batches are larger: no gradients are kept
 
@@ -41,3 +42,14 @@ def mlp_data(config, splits: Splits) -> Data:
     batch = classification_batch(transform)
     input_shape = (math.prod(splits.train[0].shape[1:]),)
     return Data(*make_loaders(config, splits, batch, batch), input_shape, splits.num_classes)
+
+
+def ae_data(config, splits: Splits) -> Data:
+    """main_ae.py: values in [0, 1]; training images are also randomly cropped (96 with zero
+    padding 4) and flipped. The task then makes (input, target) of every batch, validation and
+    test included."""
+    task = TASK_TRANSFORMS[config.task_transform]
+    train = reconstruction_batch(Compose(RandomCrop(4, "zeros"), random_hflip, to_unit_range), task)
+    evaluation = reconstruction_batch(to_unit_range, task)
+    return Data(*make_loaders(config, splits, train, evaluation), tuple(splits.train[0].shape[1:]),
+                splits.num_classes)
