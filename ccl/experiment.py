@@ -40,6 +40,8 @@ class Script:
     make_task: Callable[[Config, int], Any]
     defaults: Mapping[str, Any] = field(default_factory=dict)
     check: Callable[[Config], None] = lambda config: None
+    # called with (model holding the best weights, data, run directory) once a run is tested
+    report: Callable[[torch.nn.Module, Data, Path], None] | None = None
 
     def validate(self, config: Config) -> None:
         """The combinations the released script rejects, or would silently get wrong."""
@@ -122,6 +124,8 @@ def run(script: Script, config: Config, options: RunOptions) -> int:
         return 128 + stop.signal_number
     results = {**results, **identity}
     write_json(run_dir / RESULTS, results)
+    if script.report is not None:
+        script.report(model, data, run_dir)
     print(" ".join(f"{k} {v:.4g}" for k, v in results.items() if k.startswith("test_"))
           + f"  (best epoch {results['best_epoch']}, {results['wall_seconds']:.0f}s) -> {run_dir}")
     return 0

@@ -5,7 +5,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))  # test helpers: golden, tiny_data
 
-from tiny_data import write_checksum_file, write_idx_dataset  # noqa: E402
+from tiny_data import write_checksum_file, write_idx_dataset, write_stl10_dataset  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -21,6 +21,21 @@ def tiny_mnist(tmp_path, monkeypatch):
     monkeypatch.setitem(mnist.CHECKSUMS, "MNIST", checksums)
     checksum_file = tmp_path / "checksums.json"
     write_checksum_file(checksum_file, {"utils.data.mnist": {"MNIST": checksums}})
+    return root, checksum_file
+
+
+@pytest.fixture
+def tiny_stl10(tmp_path, monkeypatch):
+    """A data root with small STL-10 binaries that the real loader accepts. Returns
+    (data_root, checksum_file), as `tiny_mnist`."""
+    import utils.data.stl10 as stl10
+
+    root = tmp_path / "data"
+    checksums = write_stl10_dataset(root)
+    for name, md5 in checksums.items():
+        monkeypatch.setitem(stl10.CHECKSUMS, name, md5)
+    checksum_file = tmp_path / "checksums.json"
+    write_checksum_file(checksum_file, {"utils.data.stl10": checksums})
     return root, checksum_file
 
 

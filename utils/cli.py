@@ -124,14 +124,19 @@ def _resumed(args, overrides, device) -> tuple[Config, RunOptions]:
         raise ConfigError(f"--resume continues a run with the config saved in its directory; "
                           f"drop {', '.join(changed)} (only {', '.join('--' + f for f in RESUMABLE_FLAGS)} "
                           f"may change)")
-    saved = args.resume / "config.yaml"
+    config, run = saved_run_config(args.resume, "--resume")
+    yaml_path = Path(run["yaml"]) if run.get("yaml") else None
+    data_root = args.data_root or Path(run.get("data_root", DEFAULT_DATA_ROOT))
+    return config, RunOptions(yaml_path, data_root, args.resume, device, True, False)
+
+
+def saved_run_config(run_dir: Path, flag: str) -> tuple[Config, dict[str, Any]]:
+    """The config of a run directory and how the run was started (its `run` section)."""
+    saved = Path(run_dir) / "config.yaml"
     if not saved.is_file():
-        raise ConfigError(f"--resume {args.resume}: no config.yaml there, so it is not a run "
+        raise ConfigError(f"{flag} {run_dir}: no config.yaml there, so it is not a run "
                           f"directory of this project")
     sections = yaml.safe_load(saved.read_text())
     run = sections.pop("run", {}) or {}
     values = {name: value for section in sections.values() for name, value in section.items()}
-    config = build_config(values, {}, {}, str(saved))
-    yaml_path = Path(run["yaml"]) if run.get("yaml") else None
-    data_root = args.data_root or Path(run.get("data_root", DEFAULT_DATA_ROOT))
-    return config, RunOptions(yaml_path, data_root, args.resume, device, True, False)
+    return build_config(values, {}, {}, str(saved)), run
