@@ -7,7 +7,8 @@ round (target -> b_0). Activations [x, e1..e4, d4..d1] pair with signals [b_0, .
 
 Its initialisation is its own: every conv weight orthogonal, forward biases zero (feedback
 biases keep PyTorch's default), the decoder's forward and the encoder's feedback weights
-scaled by 0.001, and the two output maps (the reconstruction's, b_0's) start at exactly zero.
+scaled by 0.001, and the weights of the two output maps (the reconstruction's, b_0's) start at
+exactly zero.
 """
 from __future__ import annotations
 
@@ -52,7 +53,7 @@ def initialise(encoder, decoder) -> None:
     for layer in encoder:
         layer.bwd.weight.mul_(SMALL_INIT_SCALE)
     decoder[-1].fwd.weight.zero_()  # the reconstruction starts at 0 ...
-    encoder[0].bwd.weight.zero_()   # ... and so does b_0
+    encoder[0].bwd.weight.zero_()   # ... and b_0 at the constant of its feedback bias
 
 
 def orthogonal_conv_(weight: torch.Tensor) -> None:

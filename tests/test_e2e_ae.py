@@ -8,6 +8,7 @@ from PIL import Image
 
 import main_ae
 import models.autoencoder
+import utils.data.stl10 as stl10
 from conftest import REPO
 from tiny_data import write_stl10_dataset
 from utils.cli import parse_command_line
@@ -27,14 +28,12 @@ def run_ae(*args) -> int:
     return main_ae.main(main_ae.SCRIPT, list(args))
 
 
-def figure_size(rows: int) -> tuple[int, int]:
-    """(width, height) of a figure of the 4 test images (96x96) per row."""
-    return (LABEL_WIDTH + TEST_IMAGES * (96 + PADDING) + PADDING, rows * (96 + PADDING) + PADDING)
+def figure_size(rows: int, images: int = TEST_IMAGES) -> tuple[int, int]:
+    """(width, height) of a figure of `images` 96x96 images per row."""
+    return (LABEL_WIDTH + images * (96 + PADDING) + PADDING, rows * (96 + PADDING) + PADDING)
 
 
 def accept(patch, checksums) -> None:
-    import utils.data.stl10 as stl10
-
     for name, md5 in checksums.items():
         patch.setitem(stl10.CHECKSUMS, name, md5)
 
@@ -98,13 +97,11 @@ def test_comparison_needs_finished_runs(tmp_path, capsys):
     assert "no config.yaml" in capsys.readouterr().err
 
 
-def test_figure_shows_targets_that_differ_from_inputs(stl10_files, monkeypatch, tmp_path):
+def test_figure_shows_targets_that_differ_from_inputs(tiny_stl10, tmp_path):
     """With rot90 the figure has a target row; the 'model' here returns its input."""
-    data_root, checksums = stl10_files
-    accept(monkeypatch, checksums)
     config, _ = parse_command_line(["--yaml", str(CONFIGS["CCL"]), "--task_transform", "rot90"],
                                    "main_ae.py", "", {"task": "autoencoder"})
-    data = ae_data(config, load_splits(config.dataset, data_root, config.seed))
+    data = ae_data(config, load_splits(config.dataset, tiny_stl10[0], config.seed))
 
     class Echo(torch.nn.Module):
         def predict(self, x):
@@ -112,7 +109,7 @@ def test_figure_shows_targets_that_differ_from_inputs(stl10_files, monkeypatch, 
 
     save_reconstructions(Echo(), data, tmp_path)
     with Image.open(tmp_path / RECONSTRUCTIONS) as figure:
-        assert figure.size == figure_size(rows=3)  # inputs, targets, reconstructions
+        assert figure.size == figure_size(rows=3, images=10)  # inputs, targets, reconstructions
 
 
 @pytest.mark.parametrize("flag, value, message", [
