@@ -42,6 +42,8 @@ class Script:
     defaults: Mapping[str, Any] = field(default_factory=dict)
     check: Callable[[Config], None] = lambda config: None
     ignored: tuple[str, ...] = ()  # keys the script never reads (a non-default value is warned about)
+    # called with (model holding the best weights, data, run directory) once a run is tested
+    report: Callable[[torch.nn.Module, Data, Path], None] | None = None
 
     def validate(self, config: Config) -> None:
         """The combinations the released script rejects, or would silently get wrong."""
@@ -195,6 +197,8 @@ def run(script: Script, config: Config, options: RunOptions) -> int:
         return 128 + signal.SIGINT
     results = {**results, **identity}
     write_json(run_dir / RESULTS, results)
+    if script.report is not None:
+        script.report(model, data, run_dir)
     print(" ".join(f"{k} {v:.4g}" for k, v in results.items() if k.startswith("test_"))
           + f"  (best epoch {results['best_epoch']}, {results['wall_seconds']:.0f}s) -> {run_dir}")
     return 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 from functools import partial
 
 from models.cnn import build_cnn, cnn
+from models.autoencoder import build_conv_autoencoder
 from models.layers import DualLayer, DualLinear, LayerOptions
 from models.mlp import build_simple_linear, mlp
 from models.network import DualNetwork
@@ -13,6 +14,10 @@ ARCHITECTURES = {
     "simple_linear": build_simple_linear,
     "cnn": partial(build_cnn, pooled=False),
     "cnn_pool": partial(build_cnn, pooled=True),
+    # The released autoencoder script builds the same network whichever of its two names the
+    # config gives (docs/FIDELITY.md).
+    "cnn_pool_autoencoder": build_conv_autoencoder,
+    "cnn_stride_autoencoder": build_conv_autoencoder,
 }
 
 

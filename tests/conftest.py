@@ -7,7 +7,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))  # test helpers: golden, tiny_data
 
 from tiny_data import (write_checksum_file, write_cifar10, write_cifar100, write_idx_dataset,  # noqa: E402
-                       write_stl10)
+                       write_stl10, write_stl10_dataset)
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -47,6 +47,21 @@ def tiny_cnn_data(tmp_path, monkeypatch):
         "utils.data.mnist": {name: write_idx_dataset(root, name, n_train=60, n_test=20)
                              for name in ("MNIST", "FashionMNIST")},
     }, checksum_file)
+    return root, checksum_file
+
+
+@pytest.fixture
+def tiny_stl10(tmp_path, monkeypatch):
+    """A data root with small STL-10 binaries that the real loader accepts. Returns
+    (data_root, checksum_file), as `tiny_mnist`."""
+    import utils.data.stl10 as stl10
+
+    root = tmp_path / "data"
+    checksums = write_stl10_dataset(root)
+    for name, md5 in checksums.items():
+        monkeypatch.setitem(stl10.CHECKSUMS, name, md5)
+    checksum_file = tmp_path / "checksums.json"
+    write_checksum_file(checksum_file, {"utils.data.stl10": checksums})
     return root, checksum_file
 
 

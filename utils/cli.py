@@ -128,9 +128,19 @@ def _resumed(args, overrides) -> tuple[Config, RunOptions]:
         raise ConfigError(f"--resume continues a run with the config saved in its directory; "
                           f"drop {', '.join(changed)} (only {', '.join('--' + f for f in RESUMABLE_FLAGS)} "
                           f"may change)")
-    saved = args.resume / "config.yaml"
+    config, run = saved_run_config(args.resume, "--resume")
+    yaml_path = Path(str(run["yaml"])) if run.get("yaml") else None
+    data_root = args.data_root or Path(str(run.get("data_root") or DEFAULT_DATA_ROOT))
+    saved_device = str(run["device"]) if run.get("device") else None
+    device = resolve_device(args.device or saved_device)  # the run's own device by default
+    return config, RunOptions(yaml_path, data_root, args.resume, device, True, False)
+
+
+def saved_run_config(run_dir: Path, flag: str) -> tuple[Config, dict[str, Any]]:
+    """The config of a run directory and how the run was started (its `run` section)."""
+    saved = Path(run_dir) / "config.yaml"
     if not saved.is_file():
-        raise ConfigError(f"--resume {args.resume}: no config.yaml there, so it is not a run "
+        raise ConfigError(f"{flag} {run_dir}: no config.yaml there, so it is not a run "
                           f"directory of this project")
     document = load_yaml_mapping(saved)
     config = build_config(section_values(document, str(saved), extra_sections=("run",)), {}, {},
@@ -138,8 +148,4 @@ def _resumed(args, overrides) -> tuple[Config, RunOptions]:
     run = document.get("run") or {}
     if not isinstance(run, dict):
         raise ConfigError(f"{saved}: section run must be a mapping of key: value")
-    yaml_path = Path(str(run["yaml"])) if run.get("yaml") else None
-    data_root = args.data_root or Path(str(run.get("data_root") or DEFAULT_DATA_ROOT))
-    saved_device = str(run["device"]) if run.get("device") else None
-    device = resolve_device(args.device or saved_device)  # the run's own device by default
-    return config, RunOptions(yaml_path, data_root, args.resume, device, True, False)
+    return config, run

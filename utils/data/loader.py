@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator
 import numpy as np
 import torch
 
+from utils.data.task_transforms import TaskTransform
 from utils.data.transforms import Transform
 
 # (uint8 images, labels, generator) -> (inputs, targets) of one batch
@@ -27,6 +28,14 @@ def derived_seed(*entropy: int) -> int:
 def classification_batch(transform: Transform) -> BatchMaker:
     def make(images, labels, generator):
         return transform(images, generator), labels
+    return make
+
+
+def reconstruction_batch(transform: Transform, task: TaskTransform) -> BatchMaker:
+    """Autoencoder batches: the labels are dropped, the task makes (input, target) from the
+    transformed images."""
+    def make(images, labels, generator):
+        return task(transform(images, generator), generator)
     return make
 
 

@@ -5,7 +5,8 @@ import math
 from dataclasses import dataclass
 
 from utils.data.datasets import Splits
-from utils.data.loader import BatchLoader, classification_batch, derived_seed
+from utils.data.loader import BatchLoader, classification_batch, derived_seed, reconstruction_batch
+from utils.data.task_transforms import TASK_TRANSFORMS
 from utils.data.transforms import (Compose, Normalize, RandomCrop, Resize, flatten, random_hflip,
                                    to_unit_range)
 
@@ -76,3 +77,14 @@ def cnn_data(config, splits: Splits) -> Data:
     return Data(*make_loaders(config, splits, classification_batch(train_transform),
                               classification_batch(eval_transform)),
                 input_shape, splits.num_classes)
+
+
+def ae_data(config, splits: Splits) -> Data:
+    """main_ae.py: values in [0, 1]; training images are also randomly cropped (96 with zero
+    padding 4) and flipped. The task then makes (input, target) of every batch, validation and
+    test included."""
+    task = TASK_TRANSFORMS[config.task_transform]
+    train = reconstruction_batch(Compose(RandomCrop(4, "zeros"), random_hflip, to_unit_range), task)
+    evaluation = reconstruction_batch(to_unit_range, task)
+    return Data(*make_loaders(config, splits, train, evaluation), tuple(splits.train[0].shape[1:]),
+                splits.num_classes)
