@@ -92,12 +92,13 @@ def resolve_device(requested: str | None) -> str:
     return str(device)
 
 
-def default_out_dir(yaml_path: Path, overrides: Mapping[str, Any], seed: int) -> Path:
-    """runs/<config folder>/<config name>[-key=value...]/seed<seed>: distinct settings never
+def default_out_dir(yaml_path: Path, overrides: Mapping[str, Any], seed: int,
+                    root: Path = Path("runs")) -> Path:
+    """<root>/<config folder>/<config name>[-key=value...]/seed<seed>: distinct settings never
     share a directory."""
     name = yaml_path.stem + "".join(f"-{key}={value}" for key, value in sorted(overrides.items())
                                     if key != "seed")
-    return Path("runs") / yaml_path.parent.name / name / f"seed{seed}"
+    return Path(root) / yaml_path.parent.name / name / f"seed{seed}"
 
 
 def parse_command_line(argv: Sequence[str] | None, prog: str, description: str,

@@ -1,0 +1,5 @@
+import sys
+
+from ccl.reproduce.cli import main
+
+sys.exit(main())

@@ -1,0 +1,130 @@
+"""`python -m ccl.reproduce run ...` and `python -m ccl.reproduce table ...`."""
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from ccl.reproduce.paper import TABLES, targets_of
+from ccl.reproduce.runner import REPO, Settings, only_runner, plan_runs, report, run_all
+from ccl.reproduce.table import write_tables
+from utils.cli import resolve_device
+from utils.config import KEYS, parse_cli_value
+from utils.errors import ConfigError, UserError
+
+DEFAULT_SEEDS = (2023, 2024, 2025, 2026, 2027)  # the released configs' 2023, and the next four
+DEFAULT_RUNS_ROOT = Path("runs/reproduce")
+PROG = "python -m ccl.reproduce"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=PROG, description=__doc__, allow_abbrev=False)
+    commands = parser.add_subparsers(dest="command", required=True)
+    run = commands.add_parser(
+        "run", allow_abbrev=False,
+        help="train every (config, seed) that has not finished; --KEY VALUE overrides a config key",
+        description="Train every (config, seed) without a finished results.json: skip finished "
+                    "runs, resume interrupted ones, start the others. Any --KEY VALUE (e.g. "
+                    "--epochs 2) overrides that config key in every run and names the run directory.")
+    run.add_argument("configs", nargs="*", type=Path, help="config files, e.g. yaml/mlp/mnist_ccl.yaml")
+    run.add_argument("--table", nargs="+", choices=list(TABLES), default=[],
+                     help="add every config that has a number in this paper table")
+    run.add_argument("--seeds", nargs="+", type=int, default=list(DEFAULT_SEEDS),
+                     help=f"default: {' '.join(map(str, DEFAULT_SEEDS))}")
+    run.add_argument("--jobs", type=int, default=1, help="runs at the same time (default 1)")
+    run.add_argument("--devices", nargs="+", default=[None],
+                     help="devices given to the runs in turn, e.g. cpu, or cuda:0 cuda:1 "
+                          "(default: each entry script's own, cuda if available)")
+    run.add_argument("--threads", type=int, default=None,
+                     help="CPU threads per run (default: CPU cores / jobs)")
+    run.add_argument("--runs_root", type=Path, default=DEFAULT_RUNS_ROOT,
+                     help=f"where the run directories go (default {DEFAULT_RUNS_ROOT})")
+    run.add_argument("--data_root", type=Path, default=None,
+                     help="datasets, see prepare_data.py (default: each entry script's, ./data)")
+    run.add_argument("--dry_run", action="store_true", help="list the runs and what would happen")
+    table = commands.add_parser("table", allow_abbrev=False,
+                                help="our mean +- std beside the paper's, as Markdown and CSV",
+                                description="Print every paper table (Markdown) with our numbers "
+                                            "from the run directories and write one CSV per table.")
+    table.add_argument("--runs_root", type=Path, default=DEFAULT_RUNS_ROOT,
+                       help=f"the run directories (default {DEFAULT_RUNS_ROOT})")
+    table.add_argument("--results_dir", type=Path, default=Path("results"),
+                       help="where the CSV files go (default results/)")
+    return parser
+
+
+def split_overrides(argv: Sequence[str]) -> tuple[list[str], dict[str, Any]]:
+    """Separate the config keys (--lr_F 0.5, --epochs=2) from the runner's own arguments."""
+    rest, overrides = [], {}
+    words = iter(argv)
+    for word in words:
+        name, equals, value = word[2:].partition("=") if word.startswith("--") else ("", "", "")
+        if name not in KEYS:
+            rest.append(word)
+            continue
+        if name == "seed":
+            raise ConfigError("the runner sets each run's seed: use --seeds S1 S2 ...")
+        if not equals:
+            value = next(words, None)
+            if value is None:
+                raise ConfigError(f"--{name} needs a value")
+        overrides[name] = parse_cli_value(name, value)
+    return rest, overrides
+
+
+def shown(path: Path) -> Path:
+    """The path relative to the working directory where it is inside it."""
+    try:
+        return path.relative_to(Path.cwd())
+    except ValueError:
+        return path
+
+
+def run_command(args: argparse.Namespace, overrides: dict[str, Any], launcher: Sequence[str]) -> int:
+    configs = list(args.configs) + [shown(REPO / "yaml" / f"{target.config}.yaml")
+                                    for name in args.table for target in targets_of(name)]
+    if not configs:
+        raise ConfigError("name config files (e.g. yaml/mlp/mnist_ccl.yaml) or --table")
+    if args.jobs < 1 or (args.threads is not None and args.threads < 1):
+        raise ConfigError("--jobs and --threads must be positive")
+    devices = [None if device is None else resolve_device(device) for device in args.devices]
+    runs = plan_runs(configs, args.seeds, overrides, args.runs_root)
+    settings = Settings(jobs=args.jobs, devices=devices,
+                        threads=args.threads or max(1, (os.cpu_count() or 1) // args.jobs),
+                        data_root=args.data_root, overrides=overrides, launcher=tuple(launcher))
+    if args.dry_run:
+        for index, run in enumerate(runs):
+            device = settings.devices[index % len(settings.devices)]
+            print(f"{run.state():12} {shlex.join(settings.command(run, device))}")
+        return 0
+    with only_runner(args.runs_root):
+        outcomes, stopped_by = run_all(runs, settings)
+    print(report(outcomes, stopped_by))
+    print(f"tables: {PROG} table --runs_root {args.runs_root}")
+    if stopped_by is not None:
+        return 128 + stopped_by
+    return 0 if all(outcome.status == "finished" for outcome in outcomes) else 1
+
+
+def main(argv: Sequence[str] | None = None, launcher: Sequence[str] = (sys.executable,)) -> int:
+    """Exit code: 0 when every requested run has finished, 1 when one failed or diverged, 2 for
+    a bad command line, 128 + signal when stopped. `launcher` runs an entry script (tests)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        rest, overrides = split_overrides(argv)
+        args = build_parser().parse_args(rest)
+        if args.command == "run":
+            return run_command(args, overrides, launcher)
+        if overrides:
+            raise ConfigError(f"table takes no config keys (got --{next(iter(overrides))})")
+        print(write_tables(args.runs_root, args.results_dir))
+        print(f"\nCSV files in {args.results_dir}/", file=sys.stderr)
+        return 0
+    except UserError as error:
+        print(f"{PROG}: error: {error}", file=sys.stderr)
+        return error.exit_code
+

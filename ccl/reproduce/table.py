@@ -1,0 +1,180 @@
+"""Our numbers beside the paper's, from the run directories under a runs root.
+
+Runs are grouped by config and overrides (the run directory's parent, e.g. `mnist_ccl` or
+`mnist_ccl-epochs=1`); a group gives mean, sample standard deviation (n - 1) and n over its
+finished runs. A row is flagged when |ours - paper| > sqrt(s_ours^2 + s_paper^2), the two
+standard deviations combined; with n = 1, s_ours counts as 0.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import re
+import statistics
+import sys
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from ccl.reproduce.paper import TABLES, Table, Target, targets_of
+from ccl.trainer import RESULTS
+from utils.io import write_text
+
+# config folder -> the table its runs belong to (configs the paper gives no number for are
+# listed there too, without the paper's value)
+TABLE_OF_FOLDER = {"mlp": "table1", "cnn": "table3", "cnn_ae": "autoencoder"}
+OVERRIDE_START = re.compile(r"-(?=[A-Za-z_]\w*=)")  # "mnist_ccl-epochs=1-lr_F=0.5" -> 3 parts
+
+
+@dataclass(frozen=True)
+class Row:
+    config: str            # mlp/mnist_ccl
+    overrides: str         # "" or e.g. "epochs=1 lr_F=0.5"
+    dataset: str
+    method: str
+    values: tuple[float, ...]  # the finished runs' metric, in the table's unit
+    diverged: int
+    wall_seconds: float | None  # mean over finished runs: training and validation, no start-up
+    target: Target | None
+
+    @property
+    def n(self) -> int:
+        return len(self.values)
+
+    @property
+    def mean(self) -> float | None:
+        return statistics.fmean(self.values) if self.values else None
+
+    @property
+    def std(self) -> float | None:
+        return statistics.stdev(self.values) if self.n >= 2 else None
+
+    @property
+    def diff(self) -> float | None:
+        return None if self.mean is None or self.target is None else self.mean - self.target.mean
+
+    @property
+    def combined_std(self) -> float | None:
+        if self.target is None or self.mean is None:
+            return None
+        return math.hypot(self.std or 0.0, self.target.std)
+
+    @property
+    def flagged(self) -> bool:
+        return self.diff is not None and abs(self.diff) > self.combined_std
+
+
+def collect(runs_root: Path) -> dict[tuple[str, str], list[dict]]:
+    """results.json of every run under runs_root, by (config, overrides)."""
+    groups = defaultdict(list)
+    for path in sorted(Path(runs_root).glob(f"*/*/seed*/{RESULTS}")):
+        setting = path.parent.parent
+        folder = setting.parent.name
+        if folder not in TABLE_OF_FOLDER:
+            print(f"note: {setting} is not under a config folder ({', '.join(TABLE_OF_FOLDER)}); "
+                  f"left out", file=sys.stderr)
+            continue
+        stem, *overrides = OVERRIDE_START.split(setting.name)
+        groups[f"{folder}/{stem}", " ".join(overrides)].append(json.loads(path.read_text()))
+    return groups
+
+
+def make_row(config: str, overrides: str, results: Sequence[dict], table: Table,
+             target: Target | None) -> Row:
+    finished = [r for r in results if r["status"] == "finished"]
+    first = results[0] if results else {}
+    return Row(config, overrides,
+               dataset=target.dataset if target else first.get("dataset", "?"),
+               method=target.method if target else first.get("method", "?"),
+               values=tuple(r[f"test_{table.metric}"] * table.scale for r in finished),
+               diverged=sum(r["status"] == "diverged" for r in results),
+               wall_seconds=statistics.fmean(r["wall_seconds"] for r in finished) if finished else None,
+               target=target)
+
+
+def table_rows(table: Table, groups: dict[tuple[str, str], list[dict]]) -> list[Row]:
+    """The paper's rows in its order (each with its overridden variants after it, and 'no runs'
+    where there are none), then the folder's configs without a paper number."""
+    rows = []
+    targets = {target.config: target for target in targets_of(table.name)}
+    for config, target in targets.items():
+        variants = sorted(overrides for c, overrides in groups if c == config)
+        rows += [make_row(config, overrides, groups[config, overrides], table, target)
+                 for overrides in (variants if "" in variants else ["", *variants])]
+    rows += [make_row(config, overrides, results, table, None)
+             for (config, overrides), results in sorted(groups.items())
+             if config not in targets and TABLE_OF_FOLDER[config.split("/")[0]] == table.name]
+    return rows
+
+
+def duration(seconds: float | None) -> str:
+    if seconds is None:
+        return ""
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    return f"{seconds / 60:.1f} min" if seconds < 7200 else f"{seconds / 3600:.1f} h"
+
+
+def markdown(table: Table, rows: Sequence[Row]) -> str:
+    def number(value):
+        return "" if value is None else f"{value:.{table.decimals}f}"
+
+    def ours(row):
+        if row.n == 0 and not row.diverged:
+            return "no runs"
+        parts = [number(row.mean)] if row.n else []
+        if row.std is not None:
+            parts.append(f"+- {number(row.std)}")
+        parts.append(f"(n={row.n}" + (f", {row.diverged} diverged)" if row.diverged else ")"))
+        return " ".join(parts)
+
+    lines = [f"### {table.title}", "",
+             "| dataset | method | config | ours: mean +- std (n) | paper | diff | flag | wall time / run |",
+             "|---|---|---|---|---|---|---|---|"]
+    for row in rows:
+        config = f"{row.config} ({row.overrides})" if row.overrides else row.config
+        paper = f"{number(row.target.mean)} +- {number(row.target.std)}" if row.target else "-"
+        diff = f"{row.diff:+.{table.decimals}f}" if row.diff is not None else ""
+        lines.append(f"| {row.dataset} | {row.method} | {config} | {ours(row)} | {paper} | {diff} | "
+                     f"{'yes' if row.flagged else ''} | {duration(row.wall_seconds)} |")
+    return "\n".join(lines)
+
+
+CSV_COLUMNS = ("table", "dataset", "method", "config", "overrides", "n", "diverged", "ours_mean",
+               "ours_std", "paper_mean", "paper_std", "diff", "combined_std", "flag",
+               "mean_wall_seconds")
+
+
+def csv_text(table: Table, rows: Sequence[Row]) -> str:
+    stream = io.StringIO()
+    writer = csv.writer(stream, lineterminator="\n")
+    writer.writerow(CSV_COLUMNS)
+    for row in rows:
+        paper = (row.target.mean, row.target.std) if row.target else (None, None)
+        cells = (table.name, row.dataset, row.method, row.config, row.overrides, row.n, row.diverged,
+                 row.mean, row.std, *paper, row.diff, row.combined_std, int(row.flagged),
+                 row.wall_seconds)
+        writer.writerow(["" if c is None else round(c, 6) if isinstance(c, float) else c for c in cells])
+    return stream.getvalue()
+
+
+FOOTNOTE = ("ours: mean +- sample std (n - 1) over n finished runs (seeds). flag: |ours - paper| > "
+            "sqrt(s_ours^2 + s_paper^2), with s_ours = 0 when n = 1. A config followed by "
+            "(key=value) ran with those overrides (e.g. fewer epochs) and is not the paper's setting. "
+            "wall time: the mean `wall_seconds` of results.json (training and validation, over "
+            "every resume; not process start-up, data loading or the test).")
+
+
+def write_tables(runs_root: Path, results_dir: Path) -> str:
+    """Markdown of every table (returned) and one CSV per table in results_dir."""
+    groups = collect(runs_root)
+    parts = []
+    for table in TABLES.values():
+        rows = table_rows(table, groups)
+        write_text(Path(results_dir) / f"{table.name}.csv", csv_text(table, rows))
+        parts.append(markdown(table, rows))
+    parts.append(FOOTNOTE)
+    return "\n\n".join(parts)

@@ -1,0 +1,175 @@
+"""The reproduction runner on the tiny MNIST (real entry-script subprocesses, 1-2 epochs) and the
+aggregation on synthetic results files."""
+import csv
+import json
+import signal
+import statistics
+import sys
+
+import pytest
+
+import main_class_mlp
+from ccl.reproduce.cli import main
+from ccl.reproduce.paper import TABLES
+from ccl.reproduce.table import collect, markdown, table_rows, write_tables
+from ccl.trainer import Trainer
+from conftest import REPO
+
+YAML = str(REPO / "yaml/mlp/mnist_ccl.yaml")
+
+
+@pytest.fixture
+def runner(tiny_mnist, tmp_path):
+    """main(...) of the runner on the tiny MNIST, its runs under tmp_path/runs."""
+    data_root, checksum_file = tiny_mnist
+    launcher = (sys.executable, str(REPO / "tests/launch.py"), str(checksum_file))
+
+    def run(*args):
+        return main(["run", *args, "--runs_root", str(tmp_path / "runs"), "--data_root",
+                     str(data_root), "--devices", "cpu"], launcher=launcher)
+    return run
+
+
+def read_json(path):
+    return json.loads(path.read_text())
+
+
+def test_runs_every_seed_records_a_failure_and_skips_finished_runs(runner, tmp_path, capsys):
+    bad = tmp_path / "mlp/bad.yaml"  # the MLP script rejects a warm-up: exit code 2
+    bad.parent.mkdir()
+    bad.write_text(open(YAML).read().replace("warmup: 0", "warmup: 5"))
+
+    assert runner(str(bad), YAML, "--seeds", "1", "2", "--jobs", "2", "--epochs", "1") == 1
+    out = capsys.readouterr().out
+    runs = tmp_path / "runs/mlp"
+    for seed in (1, 2):  # the failures did not stop the good runs
+        results = read_json(runs / f"mnist_ccl-epochs=1/seed{seed}/results.json")
+        assert results["status"] == "finished" and results["seed"] == seed and results["epochs"] == 1
+        log = runs / f"bad-epochs=1/seed{seed}.log"
+        assert "warm-up" in log.read_text()
+        assert f"FAILED   {runs}/bad-epochs=1/seed{seed}: exit 2; log {log}" in out
+    assert "4 runs: 2 finished, 2 failed" in out
+
+    finished = runs / "mnist_ccl-epochs=1/seed1/results.json"
+    stamp = finished.stat().st_mtime_ns
+    assert runner(YAML, "--seeds", "1", "2", "--epochs", "1") == 0
+    out = capsys.readouterr().out
+    assert "2 already ended (skipped), 0 to resume, 0 to start" in out
+    assert "start " not in out and finished.stat().st_mtime_ns == stamp
+
+
+def test_resumes_an_interrupted_run(runner, tiny_mnist, tmp_path, monkeypatch, capsys):
+    run_dir = tmp_path / "runs/mlp/mnist_ccl-epochs=2/seed1"
+    finish_epoch = Trainer._finish_epoch
+
+    def finish_epoch_then_sigterm(self):  # as if SIGTERM came during epoch 1
+        finish_epoch(self)
+        self.stop.signal_number = signal.SIGTERM
+    monkeypatch.setattr(Trainer, "_finish_epoch", finish_epoch_then_sigterm)
+    assert main_class_mlp.main(main_class_mlp.SCRIPT, [
+        "--yaml", YAML, "--seed", "1", "--epochs", "2", "--out_dir", str(run_dir),
+        "--data_root", str(tiny_mnist[0])]) == 128 + signal.SIGTERM
+    assert (run_dir / "checkpoint.pt").is_file() and not (run_dir / "results.json").exists()
+
+    assert runner(YAML, "--seeds", "1", "--epochs", "2") == 0
+    assert "0 already ended (skipped), 1 to resume, 0 to start" in capsys.readouterr().out
+    assert "resuming" in (run_dir.parent / "seed1.log").read_text()
+    epochs = [json.loads(line)["epoch"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert epochs == [1, 2]
+    assert read_json(run_dir / "results.json")["status"] == "finished"
+
+
+def test_a_ctrl_c_reaches_the_runs_as_sigterm_and_nothing_new_starts(tmp_path, capsys):
+    """The fake run sends SIGINT to the runner, then waits for the runner to pass it on."""
+    fake_run = tmp_path / "fake_run.py"
+    fake_run.write_text(
+        "import os, signal, sys, time\n"
+        "signal.signal(signal.SIGINT, signal.SIG_IGN)\n"  # only a SIGTERM stops it
+        "signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))\n"
+        "os.kill(os.getppid(), signal.SIGINT)\n"
+        "time.sleep(10)\n")
+    code = main(["run", YAML, "--seeds", "1", "2", "--runs_root", str(tmp_path / "runs")],
+                launcher=(sys.executable, str(fake_run)))
+    out = capsys.readouterr().out
+    assert code == 128 + signal.SIGINT
+    started = [line for line in out.splitlines() if line.startswith("start")]
+    assert len(started) == 1 and "seed1" in started[0]
+    assert any(line.startswith("stopped") for line in out.splitlines())
+    assert "2 runs: 1 stopped, 1 not started" in out and "stopped by SIGINT" in out
+
+
+# --- aggregation --------------------------------------------------------------------------------
+
+def write_results(root, setting, seed, **results):
+    path = root / setting / f"seed{seed}/results.json"
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps({"status": "finished", "wall_seconds": 60.0, **results}))
+
+
+@pytest.fixture
+def synthetic_runs(tmp_path):
+    root = tmp_path / "runs"
+    for seed, acc in enumerate((0.97, 0.98, 0.99)):
+        write_results(root, "mlp/mnist_ccl", seed, test_acc=acc, wall_seconds=30.0 * (seed + 1))
+    write_results(root, "mlp/mnist_ccl-epochs=1", 0, test_acc=0.87)
+    write_results(root, "mlp/mnist_bp", 0, test_acc=0.9834)  # n = 1: +0.15 against paper's 0.10
+    write_results(root, "mlp/mnist_bp", 1, status="diverged")
+    write_results(root, "cnn_ae/stl10_ccl_legacy", 0, test_mse=0.0087)
+    write_results(root, "cnn_ae/stl10_ccl_legacy", 1, test_mse=0.0089)
+    write_results(root, "cnn/mnist_ccl", 0, test_acc=0.99, dataset="MNIST_CNN", method="CCL")
+    return root
+
+
+def rows_by_config(table, root):
+    return {(row.config, row.overrides): row for row in table_rows(TABLES[table], collect(root))}
+
+
+def test_mean_sample_std_n_and_flag(synthetic_runs):
+    rows = rows_by_config("table1", synthetic_runs)
+    full = rows["mlp/mnist_ccl", ""]
+    assert full.n == 3 and full.mean == pytest.approx(98.0)
+    assert full.std == pytest.approx(1.0)  # n - 1: the population std would be 0.816
+    assert full.wall_seconds == pytest.approx(60.0)
+    assert full.combined_std == pytest.approx((1.0 + 0.10 ** 2) ** 0.5) and not full.flagged
+
+    short = rows["mlp/mnist_ccl", "epochs=1"]
+    assert short.n == 1 and short.std is None and short.flagged
+
+    bp = rows["mlp/mnist_bp", ""]
+    assert bp.n == 1 and bp.diverged == 1
+    assert bp.diff == pytest.approx(0.15) and bp.flagged  # s_ours counts as 0 with n = 1
+    assert rows["mlp/fmnist_ccl", ""].n == 0 and not rows["mlp/fmnist_ccl", ""].flagged
+
+    ae = rows_by_config("autoencoder", synthetic_runs)["cnn_ae/stl10_ccl_legacy", ""]
+    assert ae.mean == pytest.approx(0.0088)
+    assert ae.std == pytest.approx(statistics.stdev([0.0087, 0.0089]))
+    assert ae.diff == pytest.approx(0.0002) and ae.flagged  # 0.0002 > hypot(0.00014, 0.0001)
+
+    other = rows_by_config("table3", synthetic_runs)["cnn/mnist_ccl", ""]
+    assert other.target is None and other.dataset == "MNIST_CNN" and not other.flagged
+
+
+def test_markdown_rows(synthetic_runs):
+    text = markdown(TABLES["table1"], table_rows(TABLES["table1"], collect(synthetic_runs)))
+    lines = text.splitlines()
+    assert lines[0] == "### Table 1: MLP test accuracy (%)"
+    assert "| MNIST | CCL | mlp/mnist_ccl | 98.00 +- 1.00 (n=3) | 98.13 +- 0.10 | -0.13 |  | 60 s |" in lines
+    assert "| MNIST | CCL | mlp/mnist_ccl (epochs=1) | 87.00 (n=1) | 98.13 +- 0.10 | -11.13 | yes | 60 s |" in lines
+    assert "| MNIST | BP | mlp/mnist_bp | 98.34 (n=1, 1 diverged) | 98.19 +- 0.10 | +0.15 | yes | 60 s |" in lines
+    assert "| CIFAR100 | CCL | mlp/cifar100_ccl | no runs | 21.76 +- 0.22 |  |  |  |" in lines
+    ae = markdown(TABLES["autoencoder"], table_rows(TABLES["autoencoder"], collect(synthetic_runs)))
+    assert "| STL10 | CCL | cnn_ae/stl10_ccl_legacy | 0.0088 +- 0.0001 (n=2) | 0.0086 +- 0.0001 | +0.0002 | yes | 60 s |" in ae
+
+
+def test_table_command_prints_markdown_and_writes_csv(synthetic_runs, tmp_path, capsys):
+    assert main(["table", "--runs_root", str(synthetic_runs), "--results_dir", str(tmp_path / "results")]) == 0
+    out = capsys.readouterr().out
+    for table in TABLES.values():
+        assert f"### {table.title}" in out
+    rows = list(csv.DictReader(open(tmp_path / "results/table1.csv")))
+    assert len(rows) == 8 + 1  # the paper's rows and the epochs=1 variant
+    ccl = next(row for row in rows if row["config"] == "mlp/mnist_ccl" and not row["overrides"])
+    assert (ccl["n"], ccl["ours_mean"], ccl["ours_std"], ccl["paper_mean"], ccl["flag"]) == \
+        ("3", "98.0", "1.0", "98.13", "0")
+    assert (tmp_path / "results/table3.csv").is_file() and (tmp_path / "results/autoencoder.csv").is_file()
+    assert write_tables(synthetic_runs, tmp_path / "again") == out.rstrip("\n")
