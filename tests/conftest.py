@@ -3,6 +3,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 sys.path.insert(0, str(Path(__file__).parent))  # test helpers: golden, tiny_data
 
@@ -10,6 +11,10 @@ from tiny_data import (write_checksum_file, write_cifar10, write_cifar100, write
                        write_stl10, write_stl10_dataset)
 
 REPO = Path(__file__).resolve().parent.parent
+
+# One intra-op thread: tiny tensors gain nothing from more, and on a busy two-core machine extra
+# threads spin against each other (tens of times slower); CPU sums also depend on the count.
+torch.set_num_threads(1)
 
 
 def accept_test_files(monkeypatch, tables: dict, checksum_file: Path) -> None:

@@ -124,8 +124,11 @@ def test_a_damaged_cifar_pickle_is_never_unpickled(tmp_path, monkeypatch):
     official = pickle.dumps({b"data": [[0] * 3072], b"fine_labels": [0]})
     for name in ("train", "test"):
         (folder / name).write_bytes(official[:-5])  # truncated
+    meta = pickle.dumps({b"fine_label_names": [b"class"]})
+    (folder / "meta").write_bytes(meta)
     monkeypatch.setitem(cifar.CHECKSUMS, "CIFAR100",
-                        {"train": hashlib.md5(official).hexdigest(), "test": "0" * 32})
+                        {"train": hashlib.md5(official).hexdigest(), "test": "0" * 32,
+                         "meta": hashlib.md5(meta).hexdigest()})
     with pytest.raises(DataError) as caught:
         cifar.load_cifar_split("CIFAR100", tmp_path, "train")
     assert f"{folder / 'train'} is corrupted" in str(caught.value)

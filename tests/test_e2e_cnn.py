@@ -87,7 +87,7 @@ def test_same_seed_same_run_other_seed_other_run(tiny_cnn_data, tmp_path):
 @pytest.mark.parametrize("flags, message", [
     (("--architecture", "simple_linear"), "architecture cnn or cnn_pool"),
     (("--dataset", "MNIST"), "dataset CIFAR10 or CIFAR100 or MNIST_CNN"),
-    (("--num_chn", "1"), "num_chn is 1 but CIFAR10 images have 3"),
+    (("--num_chn", "1"), "num_chn is 1 but the images of dataset CIFAR10 have 3"),
     (("--augment_validation", "2"), "augment_validation must be one of 0, 1"),
 ])
 def test_bad_config_exits_2_with_the_fix(tiny_cnn_data, tmp_path, capsys, flags, message):
