@@ -7,6 +7,7 @@ one-hot label matrix.
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -33,11 +34,18 @@ def _unit_rows(x: torch.Tensor) -> torch.Tensor:
     return x / (x.norm(dim=1, keepdim=True) + NORM_EPS)
 
 
+def _mlp_scale(loss_scale_C: float, width: int) -> float:
+    """The factor of `/ width * loss_scale_C * 256`, rounded as those three float32 operations
+    round the gradient they pass back: one multiplication instead of three, and every gradient
+    stays the same to the bit (the loss value itself may differ in its last bit)."""
+    return float(np.float32(loss_scale_C * 256) / np.float32(width))
+
+
 def mlp_alignment_loss(a: torch.Tensor, b: torch.Tensor, onehot: torch.Tensor,
                        keep: torch.Tensor | None = None, *, loss_scale_C: float) -> torch.Tensor:
     """`mse(A @ B.T, T) / D * loss_scale_C * 256`, unnormalised (main_class_mlp.py)."""
     A, B = _rows(a, keep), b.flatten(1)
-    return F.mse_loss(A @ B.T, onehot) / A.shape[1] * loss_scale_C * 256
+    return F.mse_loss(A @ B.T, onehot) * _mlp_scale(loss_scale_C, A.shape[1])
 
 
 def cnn_alignment_loss(a: torch.Tensor, b: torch.Tensor, onehot: torch.Tensor,

@@ -12,10 +12,11 @@ from models.network import DualNetwork
 
 def centralise_gradients(parameters) -> None:
     """Gradient centralisation: subtract from every weight gradient its mean over all but the
-    output dimension. Biases (1-D) are left alone."""
-    for p in parameters:
-        if p.grad is not None and p.grad.dim() > 1:
-            p.grad.sub_(p.grad.mean(dim=tuple(range(1, p.grad.dim())), keepdim=True))
+    output dimension. Biases (1-D) are left alone. One fused subtraction for all of them."""
+    grads = [p.grad for p in parameters if p.grad is not None and p.grad.dim() > 1]
+    if grads:
+        means = [g.mean(dim=tuple(range(1, g.dim())), keepdim=True) for g in grads]
+        torch._foreach_sub_(grads, means)
 
 
 class DualOptimizer:
@@ -52,7 +53,16 @@ class DualOptimizer:
         return (counter + 1) / self.warmup
 
     def step(self, loss: torch.Tensor, batch_in_epoch: int = 0) -> None:
-        (loss * self.warmup_factor(batch_in_epoch)).backward()
+        self.backward(loss, batch_in_epoch)
+        self.update()
+
+    def backward(self, loss: torch.Tensor, batch_in_epoch: int = 0) -> None:
+        """The gradients of the warm-up-scaled loss."""
+        factor = self.warmup_factor(batch_in_epoch)
+        (loss if factor == 1.0 else loss * factor).backward()  # x * 1.0 is x: skip the kernels
+
+    def update(self) -> None:
+        """Centralise, clip, step both SGDs and clear the gradients."""
         if self.centralise:
             centralise_gradients(self.forward_params + self.feedback_params)
         if self.grad_clip_F > 0:

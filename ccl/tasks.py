@@ -39,7 +39,7 @@ class Classification:
         keep = None
         if self.flood_threshold is not None:
             keep = flooding_keep_mask(logits, labels, self.flood_threshold)
-        onehot = F.one_hot(labels, self.num_classes).to(logits.dtype)
+        onehot = torch.zeros_like(logits).scatter_(1, labels[:, None], 1.0)
         loss = F.cross_entropy(logits, labels)
         for a, b in zip(activations[:-1], signals[:-1]):
             loss = loss + self.alignment(a, b, onehot, keep)
