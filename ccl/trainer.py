@@ -11,8 +11,8 @@ schedule, checkpoint. At the end: test the best model. The run directory holds
 
 Every write is atomic, and checkpoint.pt is written first: metrics.jsonl and best.pt are views
 of it that a resumed run rewrites, so a kill between two writes loses nothing. The step never
-waits for the device: the loss is summed on the device and read once per epoch; divergence is
-flagged on the device and read every few steps.
+waits for the device: the losses stay on the device and are read every few steps, to check
+for divergence and add them up.
 """
 from __future__ import annotations
 
@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from ccl.acceleration import training_loss
 from ccl.optim import DualOptimizer
 from utils.io import save_torch, write_jsonl
 from utils.seed import restore_rng_states, rng_states
@@ -52,21 +53,34 @@ class Interrupted(Exception):
 
 
 class DivergenceMonitor:
-    """Remembers, on the device, the first step whose loss was not finite."""
+    """Holds each step's training loss on the device, unread, until `raise_if_diverged` reads
+    them all at once: it raises at the first step whose loss was not finite, and otherwise adds
+    every loss times its batch size to `loss_sum` (float64, in step order). Between two reads
+    the step costs no device work and never waits for the device."""
 
-    def __init__(self, device, step: int = 0):
-        self.step = torch.tensor(step, device=device)
-        self.first_bad_step = torch.tensor(-1, device=device)
+    def __init__(self, step: int = 0, loss_sum: float = 0.0):
+        self.step = step  # steps observed, the unread ones included
+        self.loss_sum = loss_sum
+        self._losses: list[torch.Tensor] = []
+        self._batch_sizes: list[int] = []
 
-    def observe(self, loss: torch.Tensor) -> None:
+    def observe(self, loss: torch.Tensor, batch_size: int = 1) -> None:
+        self._losses.append(loss.detach())
+        self._batch_sizes.append(batch_size)
         self.step += 1
-        newly_bad = (self.first_bad_step < 0) & ~torch.isfinite(loss)
-        self.first_bad_step = torch.where(newly_bad, self.step, self.first_bad_step)
 
     def raise_if_diverged(self) -> None:
-        step = int(self.first_bad_step.item())
-        if step >= 0:
-            raise Diverged(step)
+        if not self._losses:
+            return
+        losses = torch.stack(self._losses)
+        sizes = torch.tensor(self._batch_sizes, dtype=losses.dtype, device=losses.device)
+        values, weighted = torch.stack((losses, losses * sizes)).tolist()  # the one read
+        first_step = self.step - len(values) + 1
+        self._losses, self._batch_sizes = [], []
+        for offset, (value, product) in enumerate(zip(values, weighted)):
+            if not math.isfinite(value):
+                raise Diverged(first_step + offset)
+            self.loss_sum += product
 
 
 class StopRequests:
@@ -118,7 +132,7 @@ class Trainer:
         self.config = config
         self.model = model
         self.task = task
-        self.rule = rule
+        self.training_loss = training_loss(config, model, task, rule)
         self.loaders = loaders
         self.run_dir = Path(run_dir)
         self.log = log
@@ -164,11 +178,10 @@ class Trainer:
     def fit(self) -> dict:
         """Train to the last epoch and test the best model; returns the results."""
         started = time.perf_counter()
-        monitor = DivergenceMonitor(self.device, self.optimizer.steps_taken)
         try:
             with self.stop:
                 while self.progress.epoch < self.config.epochs:
-                    self._train_epoch(monitor)
+                    self._train_epoch()
                     self._finish_epoch()
                     if self.stop.signal_number is not None and self.progress.epoch < self.config.epochs:
                         raise Interrupted(self.stop.signal_number)
@@ -176,20 +189,18 @@ class Trainer:
             self.wall_seconds += time.perf_counter() - started
         return self._test_best()
 
-    def _train_epoch(self, monitor: DivergenceMonitor) -> None:
+    def _train_epoch(self) -> None:
         progress, loader = self.progress, self.loaders.train
         self.model.train()
-        loss_sum = torch.tensor(progress.loss_sum, device=self.device, dtype=torch.float64)
+        monitor = DivergenceMonitor(self.optimizer.steps_taken, progress.loss_sum)
         started = time.perf_counter()
         batches = loader.epoch(progress.epoch, progress.batch, progress.augment_state)
         bar = tqdm(batches, total=len(loader), initial=progress.batch, disable=None, leave=False,
                    desc=f"epoch {progress.epoch + 1}/{self.config.epochs}", dynamic_ncols=True)
         for inputs, targets in bar:
-            loss = self.rule(self.model, self.task, inputs, targets)
+            loss = self.training_loss(inputs, targets)
             self.optimizer.step(loss, batch_in_epoch=progress.batch)
-            loss = loss.detach()
-            loss_sum += loss * len(targets)
-            monitor.observe(loss)
+            monitor.observe(loss, len(targets))
             progress.batch += 1
             progress.samples += len(targets)
             if self.optimizer.steps_taken % DIVERGENCE_CHECK_EVERY == 0:
@@ -197,14 +208,14 @@ class Trainer:
             if self.stop.signal_number is not None and progress.batch < len(loader):
                 monitor.raise_if_diverged()  # never checkpoint a diverged model
                 self._raise_if_parameters_diverged()
-                progress.loss_sum = loss_sum.item()
+                progress.loss_sum = monitor.loss_sum
                 progress.seconds += time.perf_counter() - started
                 progress.augment_state = loader.generator.get_state()
                 self.save_checkpoint()
                 raise Interrupted(self.stop.signal_number)
         monitor.raise_if_diverged()
         self._raise_if_parameters_diverged()
-        progress.loss_sum = loss_sum.item()
+        progress.loss_sum = monitor.loss_sum
         progress.seconds += time.perf_counter() - started
 
     def _raise_if_parameters_diverged(self) -> None:

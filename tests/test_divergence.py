@@ -110,7 +110,7 @@ def test_a_stop_never_checkpoints_a_diverged_model(tiny_mnist, tmp_path, monkeyp
 
 
 def test_monitor_remembers_the_first_bad_step_on_the_device():
-    monitor = DivergenceMonitor("cpu", step=10)
+    monitor = DivergenceMonitor(step=10)
     for value in (1.0, 2.0):
         monitor.observe(torch.tensor(value))
     monitor.raise_if_diverged()  # all finite so far
