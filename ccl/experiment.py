@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from ccl.acceleration import check_supported
 from ccl.rules import RULES
 from ccl.trainer import CHECKPOINT, RESULTS, Diverged, Interrupted, Loaders, Trainer
 from models import build_model
@@ -80,6 +81,7 @@ def main(script: Script, argv: Sequence[str] | None = None) -> int:
         config, options = parse_command_line(argv, script.prog, script.description,
                                              {"task": script.task, **script.defaults})
         script.validate(config)
+        check_supported(config, options.device)
         for note in script.warnings(config):
             print(f"{script.prog}: warning: {note}", file=sys.stderr)
         return run(script, config, options)

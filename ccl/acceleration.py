@@ -1,0 +1,60 @@
+"""The opt-in speed-ups of the training step: `compile: 1` (torch.compile) and
+`precision: bf16` (bfloat16 autocast). Both are off by default, and then the step is the plain
+float32 computation of the released code. docs/PERFORMANCE.md measures what they gain and how
+much they change the numbers.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from utils.errors import ConfigError
+
+LossFunction = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def check_supported(config, device) -> None:
+    """A ConfigError naming the fix when this device cannot run the config's speed-ups."""
+    device = torch.device(device)
+    if config.precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise ConfigError(f"precision bf16: {torch.cuda.get_device_name(device)} has no bfloat16 "
+                          f"support (it needs an Ampere or newer GPU); set precision: float32")
+    if config.compile:
+        problem = _compile_problem(device)
+        if problem:
+            raise ConfigError(f"compile 1 is not available on {device.type}: {problem}; set compile: 0")
+
+
+def _compile_problem(device: torch.device) -> str | None:
+    """Why torch.compile cannot generate code for `device` here, or None if it can."""
+    if not torch._dynamo.is_dynamo_supported():
+        return "torch.compile does not support this Python version"
+    if device.type == "cuda":
+        from torch.utils._triton import has_triton  # noqa: PLC0415  (CUDA only)
+        return None if has_triton() else "Triton is not installed (pip install triton)"
+    from torch._inductor.cpp_builder import get_cpp_compiler  # noqa: PLC0415  (CPU only)
+    try:
+        get_cpp_compiler()
+    except Exception as error:  # noqa: BLE001  (whatever the search raises, there is no compiler)
+        return f"no C++ compiler was found ({error}); install g++ or set CXX"
+    return None
+
+
+def training_loss(config, model, task, rule) -> LossFunction:
+    """`(inputs, targets) -> loss` of `rule` on `model` and `task`, under the config's precision
+    and compiled if the config asks. Only the loss is compiled: the optimizer step stays eager,
+    so a learning rate that changes never recompiles anything."""
+    device_type = next(model.parameters()).device.type
+
+    def float32_loss(inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return rule(model, task, inputs, targets)
+
+    def bf16_loss(inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(device_type, dtype=torch.bfloat16):
+            return rule(model, task, inputs, targets)
+
+    loss = bf16_loss if config.precision == "bf16" else float32_loss
+    # Static shapes: the last, smaller batch of an epoch compiles once more rather than making
+    # every step run shape-generic code.
+    return torch.compile(loss, dynamic=False) if config.compile else loss
