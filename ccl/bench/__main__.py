@@ -1,0 +1,5 @@
+import sys
+
+from ccl.bench.cli import main
+
+sys.exit(main())

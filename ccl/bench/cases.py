@@ -1,0 +1,112 @@
+"""What the benchmark trains: an architecture's released CCL config (BP: the same config with
+`method: BP`), built by its entry script's own data recipe and task, on random uint8 images of
+the dataset's size held on the device (the real batches, loader and transforms, minus the disk).
+"""
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ccl.acceleration import LossFunction, check_supported, training_loss
+from ccl.experiment import Script
+from ccl.optim import DualOptimizer
+from ccl.reproduce.runner import REPO, SCRIPTS
+from ccl.rules import RULES
+from models import build_model
+from utils.config import Config, build_config, read_yaml_sections
+from utils.data import SOURCE_OF, SOURCES, Splits
+from utils.data.datasets import VAL_FRACTION
+from utils.data.recipes import Data
+from utils.errors import ConfigError
+
+# benchmark name -> the released CCL config of that architecture
+ARCHITECTURES = {
+    "mlp_mnist": "yaml/mlp/mnist_ccl.yaml",
+    "mlp_cifar10": "yaml/mlp/cifar10_ccl.yaml",
+    "cnn": "yaml/cnn/mnist_ccl.yaml",
+    "cnn_pool": "yaml/cnn/cifar10_ccl.yaml",
+    "autoencoder": "yaml/cnn_ae/stl10_ccl_legacy.yaml",
+}
+CLASSIFIERS = ("mlp_mnist", "mlp_cifar10", "cnn", "cnn_pool")
+METHODS = ("BP", "CCL")
+
+# the files each dataset source reads: image shape, (official training, test) set sizes
+IMAGE_SHAPES = {"MNIST": (1, 28, 28), "FashionMNIST": (1, 28, 28), "CIFAR10": (3, 32, 32),
+                "CIFAR100": (3, 32, 32), "STL10": (3, 96, 96)}
+OFFICIAL_SIZES = {"MNIST": (60000, 10000), "FashionMNIST": (60000, 10000),
+                  "CIFAR10": (50000, 10000), "CIFAR100": (50000, 10000), "STL10": (5000, 8000)}
+
+
+def load_config(path: str | Path, overrides: dict) -> tuple[Config, Script]:
+    """The config of a released YAML file with `overrides`, and the entry script that runs it."""
+    path = Path(path)
+    if not path.is_absolute() and not path.exists():
+        path = REPO / path  # the released configs, from any working directory
+    if path.parent.name not in SCRIPTS:
+        raise ConfigError(f"{path}: a config in yaml/{{{','.join(SCRIPTS)}}}/ is needed, the folder "
+                          f"names the entry script that trains it")
+    script = importlib.import_module(Path(SCRIPTS[path.parent.name]).stem).SCRIPT
+    config = build_config(read_yaml_sections(path), overrides, {"task": script.task, **script.defaults},
+                          str(path))
+    script.validate(config)
+    return config, script
+
+
+def official_split_sizes(dataset: str) -> tuple[int, int, int]:
+    """(train, validation, test) sizes of a dataset key, split as `load_splits` splits it."""
+    train, test = OFFICIAL_SIZES[SOURCE_OF[dataset]]
+    num_train = int(train * (1 - VAL_FRACTION))
+    return num_train, train - num_train, test
+
+
+def synthetic_splits(dataset: str, sizes: tuple[int, int, int], device, seed: int = 0) -> Splits:
+    """Random uint8 images and labels shaped like `dataset`'s, on `device`."""
+    source = SOURCES[SOURCE_OF[dataset]]
+    generator = torch.Generator().manual_seed(seed)
+
+    def split(n):
+        images = torch.randint(0, 256, (n, *IMAGE_SHAPES[source.name]), generator=generator,
+                               dtype=torch.uint8)
+        labels = torch.randint(0, source.num_classes, (n,), generator=generator)
+        return images.to(device), labels.to(device)
+
+    return Splits(*(split(n) for n in sizes), source.num_classes)
+
+
+@dataclass
+class Case:
+    """One config ready to train: its data, model, task, optimizer and training loss."""
+
+    config: Config
+    script: Script
+    data: Data
+    model: torch.nn.Module
+    task: object
+    optimizer: DualOptimizer
+    loss: LossFunction
+
+    def step(self, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """One training step as the trainer takes it."""
+        loss = self.loss(inputs, targets)
+        self.optimizer.step(loss)
+        return loss
+
+
+def build_case(config: Config, script: Script, splits: Splits, device) -> Case:
+    check_supported(config, device)
+    if config.compile:
+        # The code compiled for earlier cases is of no use to this one, and torch.compile stops
+        # compiling a function (and silently runs it eagerly) after a few recompilations.
+        torch._dynamo.reset()
+    torch.manual_seed(config.seed)
+    data = script.make_data(config, splits)
+    model = build_model(config, data.input_shape, data.num_classes).to(device)
+    task = script.make_task(config, data.num_classes)
+    optimizer = DualOptimizer(model, config)
+    # time the steady state: past the warm-up, whose loss scaling costs a kernel more
+    optimizer.steps_taken = config.warmup
+    return Case(config, script, data, model, task, optimizer,
+                training_loss(config, model, task, RULES[config.method]))

@@ -1,0 +1,129 @@
+"""`python -m ccl.bench`: how fast BP and CCL train here. See docs/PERFORMANCE.md."""
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from ccl.bench import report
+from ccl.bench.cases import ARCHITECTURES
+from ccl.bench.epoch import benchmark_epoch, compare_pipelines
+from ccl.bench.steps import Settings, benchmark_architecture
+from utils.cli import DEFAULT_DATA_ROOT, resolve_device
+from utils.config import KEYS
+from utils.errors import ConfigError, UserError
+from utils.io import write_json
+from utils.provenance import provenance
+
+PROG = "python -m ccl.bench"
+# --quick, for the test suite (its numbers mean nothing): batches of 4, one repeat of 2 steps
+# after 1 warm-up step, one epoch of 8 training images; the pipeline comparison is unchanged
+QUICK_BATCH, QUICK_STEPS, QUICK_EPOCH_SIZES = 4, 2, (8, 4, 4)
+DEFAULTS = {"archs": list(ARCHITECTURES), "repeats": 5, "steps": None, "warmup": 3,
+            "data_root": DEFAULT_DATA_ROOT, "no_pipeline": False}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG, allow_abbrev=False,
+        description="Measure, on one device, the training step of BP and CCL on every "
+                    "architecture (time, throughput, peak memory, where the time goes) and a "
+                    "training epoch on real MNIST with our data pipeline and with torchvision's. "
+                    "With --epoch CONFIG: time whole epochs of that config instead.")
+    parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if available)")
+    steps = parser.add_argument_group("training steps and the pipeline comparison (the default)")
+    steps.add_argument("--archs", nargs="+", choices=list(ARCHITECTURES), default=None, metavar="ARCH",
+                       help=f"architectures to time (default: all: {' '.join(ARCHITECTURES)})")
+    steps.add_argument("--repeats", type=int, default=None,
+                       help=f"timed repeats per method; the median is reported (default {DEFAULTS['repeats']})")
+    steps.add_argument("--steps", type=int, default=None,
+                       help="steps per repeat (default: as many as take about 0.5 s, 3 to 200)")
+    steps.add_argument("--warmup", type=int, default=None,
+                       help=f"untimed steps before timing (default {DEFAULTS['warmup']})")
+    steps.add_argument("--data_root", type=Path, default=None,
+                       help=f"where MNIST lies, for the pipeline comparison (default {DEFAULTS['data_root']})")
+    steps.add_argument("--no_pipeline", action="store_true", help="skip the pipeline comparison")
+    epochs = parser.add_argument_group("whole epochs")
+    epochs.add_argument("--epoch", metavar="CONFIG", default=None,
+                        help="time whole training epochs of CONFIG (e.g. yaml/cnn/cifar10_ccl.yaml) on "
+                             "synthetic data of the dataset's size held on the device, instead of the "
+                             "steps and the pipeline comparison")
+    parser.add_argument("--epochs", type=int, default=2,
+                        help="epochs of --epoch and of the pipeline comparison (default 2: the first "
+                             "includes the warm-up)")
+    for name in ("compile", "precision"):
+        key = KEYS[name]
+        parser.add_argument(f"--{name}", type=key.type, choices=key.choices, default=key.default,
+                            help=f"config key set in every run: {key.help}")
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
+    parser.add_argument("--quick", action="store_true",
+                        help="tiny batches, one short repeat (checks the benchmark runs; numbers mean nothing)")
+    parser.add_argument("--json", type=Path, default=None, help="also write every number to this file")
+    return parser
+
+
+def check(args: argparse.Namespace) -> None:
+    """Refuse what cannot be measured; then fill in the defaults of the options left out."""
+    for name in ("repeats", "steps", "warmup", "epochs", "threads"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise ConfigError(f"--{name} must be a positive integer, got {value}")
+    given = [name for name, default in DEFAULTS.items() if getattr(args, name) not in (None, False)]
+    if args.epoch and given:
+        raise ConfigError(f"--epoch times whole epochs only: {', '.join('--' + n for n in given)} "
+                          f"do not apply to it")
+    for name, default in DEFAULTS.items():
+        if getattr(args, name) is None:
+            setattr(args, name, default)
+
+
+def run(args: argparse.Namespace) -> dict:
+    device = torch.device(resolve_device(args.device))
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    speed_keys = {"compile": args.compile, "precision": args.precision}
+    if args.quick:
+        overrides = {**speed_keys, "batchsize": QUICK_BATCH}
+        settings = Settings(repeats=1, steps=QUICK_STEPS, warmup=1, overrides=overrides)
+        epochs, epoch_sizes = 1, QUICK_EPOCH_SIZES
+    else:
+        overrides = speed_keys
+        settings = Settings(args.repeats, args.steps, args.warmup, overrides)
+        epochs, epoch_sizes = args.epochs, None
+    results = {"provenance": provenance(device), "threads": torch.get_num_threads(),
+               "settings": {**{k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+                            "overrides": overrides}}
+    print(f"{PROG} on {results['provenance']['device_name']} ({device}, "
+          f"{torch.get_num_threads()} CPU threads)")
+    if args.epoch:
+        epoch = benchmark_epoch(args.epoch, overrides, device, epochs, epoch_sizes)
+        print("\nTraining epochs (synthetic data, the trainer's timing)\n" + report.epoch_table(epoch))
+        return {**results, "epoch": epoch.as_dict()}
+    steps = [result for arch in args.archs for result in benchmark_architecture(arch, settings, device)]
+    print("\nTraining step: loss + optimizer step (median of the repeats)\n" + report.steps_table(steps))
+    print("\nWhere a step's time goes (ms per step; data: making the batch)\n" + report.split_table(steps))
+    results["steps"] = [result.as_dict() for result in steps]
+    results["ccl_bp_ratio"] = {arch: report.ratio(steps, arch) for arch in args.archs}
+    if not args.no_pipeline:
+        pipeline = compare_pipelines(args.data_root, speed_keys, device, epochs)
+        print("\nMNIST MLP CCL training epoch (the trainer's timing): our pipeline and torchvision's\n"
+              + report.pipeline_table(pipeline))
+        results["pipeline"] = pipeline.as_dict()
+    return results
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+        check(args)
+        results = run(args)
+    except UserError as error:
+        print(f"{PROG}: error: {error}", file=sys.stderr)
+        return error.exit_code
+    if args.json:
+        write_json(args.json, results)
+        print(f"\n-> {args.json}")
+    return 0

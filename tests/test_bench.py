@@ -1,0 +1,61 @@
+"""`python -m ccl.bench --quick`: every section runs on tiny batches and writes its tables and
+JSON. The numbers themselves are not checked: they depend on the machine."""
+import json
+
+import pytest
+
+from ccl.bench.cases import CLASSIFIERS, METHODS
+from ccl.bench.cli import main
+from ccl.bench.steps import PHASES
+
+
+def bench(tmp_path, *args) -> tuple[int, dict | None]:
+    out = tmp_path / "bench.json"
+    code = main(["--quick", "--device", "cpu", "--json", str(out), *args])
+    return code, json.loads(out.read_text()) if out.exists() else None
+
+
+def test_steps_of_the_classifiers_and_the_pipeline_comparison(tiny_mnist, tmp_path, capsys):
+    """The autoencoder is left out: with its 86 million parameters even a step of 4 tiny images
+    takes a second on a CPU core, and the code that times it is the same."""
+    code, results = bench(tmp_path, "--data_root", str(tiny_mnist[0]), "--archs", *CLASSIFIERS)
+    assert code == 0
+    assert [(r["arch"], r["method"]) for r in results["steps"]] == \
+        [(arch, method) for arch in CLASSIFIERS for method in METHODS]
+    for row in results["steps"]:
+        assert row["step_ms"] > 0 and row["samples_per_s"] > 0 and row["batch_size"] == 4
+        assert set(row["split_ms"]) == set(PHASES) and row["peak_mb"] is None  # no peak on CPU
+    assert set(results["ccl_bp_ratio"]) == set(CLASSIFIERS)
+    pipeline = results["pipeline"]
+    assert pipeline["train_samples"] == 540 and pipeline["speedup"] > 0
+    assert len(pipeline["ours_seconds"]) == len(pipeline["torchvision_seconds"]) == 1
+    assert results["provenance"]["device"] == "cpu"
+    printed = capsys.readouterr().out
+    for heading in ("CCL/BP", "BP peak MB", "forward_feedback ms", "torchvision DataLoader", "speed-up"):
+        assert heading in printed
+
+
+def test_whole_epochs_of_a_config(tmp_path, capsys):
+    code, results = bench(tmp_path, "--epoch", "yaml/cnn/cifar10_ccl.yaml")
+    assert code == 0
+    epoch = results["epoch"]
+    assert (epoch["train_samples"], epoch["batch_size"], len(epoch["epoch_seconds"])) == (8, 4, 1)
+    assert "steps" not in results and "validation s" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--steps", "0"], "--steps must be a positive integer"),
+    (["--epoch", "elsewhere/config.yaml"], "the folder names the entry script"),
+    (["--epoch", "yaml/mlp/no_such.yaml"], "does not exist"),
+    (["--epoch", "yaml/cnn/cifar10_ccl.yaml", "--archs", "cnn"], "--archs do not apply"),
+])
+def test_bad_settings_are_refused(tmp_path, capsys, args, message):
+    assert bench(tmp_path, *args) == (2, None)
+    assert message in capsys.readouterr().err
+
+
+def test_unknown_flags_and_architectures_are_refused(capsys):
+    for args in (["--arch", "cnn"], ["--archs", "resnet"], ["--precision", "fp8"]):
+        with pytest.raises(SystemExit) as stop:
+            main(args)
+        assert stop.value.code == 2
