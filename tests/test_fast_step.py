@@ -58,7 +58,7 @@ def released_step(model, task, config, sgds, step, x, y):
         sgd.zero_grad(set_to_none=True)
 
 
-def models_and_data(config, input_shape, batch=8):
+def models_and_data(config, input_shape, batch=4):
     torch.manual_seed(0)
     ours = build_model(config, input_shape, 10)
     plain = build_model(config, input_shape, 10)

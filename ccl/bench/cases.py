@@ -30,7 +30,6 @@ ARCHITECTURES = {
     "cnn_pool": "yaml/cnn/cifar10_ccl.yaml",
     "autoencoder": "yaml/cnn_ae/stl10_ccl_legacy.yaml",
 }
-CLASSIFIERS = ("mlp_mnist", "mlp_cifar10", "cnn", "cnn_pool")
 METHODS = ("BP", "CCL")
 
 # the files each dataset source reads: image shape, (official training, test) set sizes

@@ -23,7 +23,7 @@ PROG = "python -m ccl.bench"
 # after 1 warm-up step, one epoch of 8 training images; the pipeline comparison is unchanged
 QUICK_BATCH, QUICK_STEPS, QUICK_EPOCH_SIZES = 4, 2, (8, 4, 4)
 DEFAULTS = {"archs": list(ARCHITECTURES), "repeats": 5, "steps": None, "warmup": 3,
-            "data_root": DEFAULT_DATA_ROOT, "no_pipeline": False}
+            "data_root": DEFAULT_DATA_ROOT, "no_pipeline": False, "profile": False}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -46,6 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
     steps.add_argument("--data_root", type=Path, default=None,
                        help=f"where MNIST lies, for the pipeline comparison (default {DEFAULTS['data_root']})")
     steps.add_argument("--no_pipeline", action="store_true", help="skip the pipeline comparison")
+    steps.add_argument("--profile", action="store_true",
+                       help="also list the operators that take most of a step's time (torch.profiler)")
     epochs = parser.add_argument_group("whole epochs")
     epochs.add_argument("--epoch", metavar="CONFIG", default=None,
                         help="time whole training epochs of CONFIG (e.g. yaml/cnn/cifar10_ccl.yaml) on "
@@ -87,11 +89,11 @@ def run(args: argparse.Namespace) -> dict:
     speed_keys = {"compile": args.compile, "precision": args.precision}
     if args.quick:
         overrides = {**speed_keys, "batchsize": QUICK_BATCH}
-        settings = Settings(repeats=1, steps=QUICK_STEPS, warmup=1, overrides=overrides)
+        settings = Settings(repeats=1, steps=QUICK_STEPS, warmup=1, overrides=overrides, profile=args.profile)
         epochs, epoch_sizes = 1, QUICK_EPOCH_SIZES
     else:
         overrides = speed_keys
-        settings = Settings(args.repeats, args.steps, args.warmup, overrides)
+        settings = Settings(args.repeats, args.steps, args.warmup, overrides, args.profile)
         epochs, epoch_sizes = args.epochs, None
     results = {"provenance": provenance(device), "threads": torch.get_num_threads(),
                "settings": {**{k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
@@ -105,6 +107,10 @@ def run(args: argparse.Namespace) -> dict:
     steps = [result for arch in args.archs for result in benchmark_architecture(arch, settings, device)]
     print("\nTraining step: loss + optimizer step (median of the repeats)\n" + report.steps_table(steps))
     print("\nWhere a step's time goes (ms per step; data: making the batch)\n" + report.split_table(steps))
+    if args.profile:
+        print("\nThe costliest operators of a step (own time on the device, ms per step)")
+        for result in steps:
+            print("\n" + report.operators_table(result))
     results["steps"] = [result.as_dict() for result in steps]
     results["ccl_bp_ratio"] = {arch: report.ratio(steps, arch) for arch in args.archs}
     if not args.no_pipeline:

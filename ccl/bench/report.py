@@ -64,3 +64,9 @@ def epoch_table(result: EpochResult) -> str:
             for index, (seconds, evaluation) in enumerate(zip(result.epoch_seconds, result.eval_seconds))]
     return f"{result.config}\n" + table(["epoch", "samples", "batch", "train s", "samples/s",
                                          "validation s"], rows)
+
+
+def operators_table(result: StepResult, shapes_width: int = 60) -> str:
+    rows = [[op["name"], op["shapes"][:shapes_width], op["calls_per_step"], op["ms_per_step"]]
+            for op in result.operators]
+    return f"{result.arch} {result.method}\n" + table(["operator", "input shapes", "calls/step", "ms/step"], rows)

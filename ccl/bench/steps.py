@@ -15,11 +15,13 @@ from dataclasses import dataclass, field
 
 from ccl.bench.cases import ARCHITECTURES, METHODS, Case, build_case, load_config, synthetic_splits
 from ccl.bench.clock import Clock, state_bytes
+from ccl.bench.profile import top_operators
 
 PHASES = ("data", "forward_feedback", "backward", "update")
 POOL_BATCHES = 32  # distinct batches a repeat cycles through: too many to memorise in a few passes
 SECONDS_PER_REPEAT = 0.5  # when the steps per repeat are not given ...
 STEPS_PER_REPEAT = (3, 200)  # ... as many as fill this time, within these bounds
+PROFILED_STEPS = 10  # at most, with --profile
 
 
 @dataclass
@@ -28,6 +30,7 @@ class Settings:
     steps: int | None = None  # steps per repeat; None: calibrated on the warm-up
     warmup: int = 3
     overrides: dict = field(default_factory=dict)  # config keys set in every case
+    profile: bool = False  # also rank the operators of a step by their time
 
 
 @dataclass
@@ -39,6 +42,7 @@ class StepResult:
     repeat_ms: list[float]  # mean step time of each repeat
     split_ms: dict[str, float]  # mean time per step of each phase
     peak_mb: float | None  # model + optimizer state + the step's peak working memory
+    operators: list[dict] | None = None  # --profile: the costliest operators of a step
 
     @property
     def step_ms(self) -> float:
@@ -129,6 +133,11 @@ def benchmark_architecture(arch: str, settings: Settings, device) -> list[StepRe
     for method, case in cases.items():
         split = time_split(case, batches[method], clock, steps)
         peak = peak_memory_mb(case, next(batches[method]), clock)
+        operators = None
+        if settings.profile:
+            pool = [next(batches[method]) for _ in range(min(steps, PROFILED_STEPS))]
+            operators = [vars(op) for op in top_operators(case, pool, len(pool))]
         results.append(StepResult(arch, method, case.config.batchsize, steps, repeats[method],
-                                  {phase: seconds * 1000 for phase, seconds in split.items()}, peak))
+                                  {phase: seconds * 1000 for phase, seconds in split.items()}, peak,
+                                  operators))
     return results
