@@ -30,6 +30,7 @@ def test_steps_and_the_pipeline_comparison(tiny_mnist, tmp_path, capsys):
         assert row["step_ms"] > 0 and row["samples_per_s"] > 0 and row["batch_size"] == 4
         assert set(row["split_ms"]) == set(PHASES) and row["peak_mb"] is None  # no peak on CPU
         assert row["operators"] and all(op["name"].startswith("aten::") for op in row["operators"])
+        assert row["operator_count"] > 10
     assert set(results["ccl_bp_ratio"]) == set(ARCHS)
     pipeline = results["pipeline"]
     assert pipeline["train_samples"] == 540 and pipeline["speedup"] > 0
@@ -49,11 +50,22 @@ def test_whole_epochs_of_a_config(tmp_path, capsys):
     assert "steps" not in results and "validation s" in capsys.readouterr().out
 
 
+def test_numerics_of_a_speed_up(tmp_path, capsys):
+    code, results = bench(tmp_path, "--numerics", "--precision", "bf16", "--archs", "mlp_mnist")
+    assert code == 0
+    [row] = results["numerics"]
+    assert row["float32_again"] == {"parameters": 0, "loss": 0}  # one CPU thread: reproducible
+    assert 0 < row["speed_ups"]["parameters"] < 0.5 and 0 < row["speed_ups"]["loss"] < 0.05
+    assert "float32 again" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize("args, message", [
     (["--steps", "0"], "--steps must be a positive integer"),
     (["--epoch", "elsewhere/config.yaml"], "the folder names the entry script"),
     (["--epoch", "yaml/mlp/no_such.yaml"], "does not exist"),
     (["--epoch", "yaml/cnn/cifar10_ccl.yaml", "--archs", "cnn"], "--archs do not apply"),
+    (["--numerics", "--precision", "bf16", "--profile"], "--profile do not apply to --numerics"),
+    (["--numerics"], "add --compile 1 and/or --precision bf16"),
 ])
 def test_bad_settings_are_refused(tmp_path, capsys, args, message):
     assert bench(tmp_path, *args) == (2, None)

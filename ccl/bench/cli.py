@@ -11,6 +11,8 @@ import torch
 from ccl.bench import report
 from ccl.bench.cases import ARCHITECTURES
 from ccl.bench.epoch import benchmark_epoch, compare_pipelines
+from ccl.bench.numerics import STEPS as NUMERICS_STEPS
+from ccl.bench.numerics import compare
 from ccl.bench.steps import Settings, benchmark_architecture
 from utils.cli import DEFAULT_DATA_ROOT, resolve_device
 from utils.config import KEYS
@@ -48,11 +50,13 @@ def build_parser() -> argparse.ArgumentParser:
     steps.add_argument("--no_pipeline", action="store_true", help="skip the pipeline comparison")
     steps.add_argument("--profile", action="store_true",
                        help="also list the operators that take most of a step's time (torch.profiler)")
-    epochs = parser.add_argument_group("whole epochs")
-    epochs.add_argument("--epoch", metavar="CONFIG", default=None,
-                        help="time whole training epochs of CONFIG (e.g. yaml/cnn/cifar10_ccl.yaml) on "
-                             "synthetic data of the dataset's size held on the device, instead of the "
-                             "steps and the pipeline comparison")
+    other = parser.add_argument_group("instead of the steps and the pipeline comparison")
+    other.add_argument("--epoch", metavar="CONFIG", default=None,
+                       help="time whole training epochs of CONFIG (e.g. yaml/cnn/cifar10_ccl.yaml) on "
+                            "synthetic data of the dataset's size held on the device")
+    other.add_argument("--numerics", action="store_true",
+                       help="how far --compile 1 and/or --precision bf16 move the numbers: a few CCL "
+                            "steps of each of --archs against the default float32 step")
     parser.add_argument("--epochs", type=int, default=2,
                         help="epochs of --epoch and of the pipeline comparison (default 2: the first "
                              "includes the warm-up)")
@@ -73,10 +77,16 @@ def check(args: argparse.Namespace) -> None:
         value = getattr(args, name)
         if value is not None and value < 1:
             raise ConfigError(f"--{name} must be a positive integer, got {value}")
-    given = [name for name, default in DEFAULTS.items() if getattr(args, name) not in (None, False)]
-    if args.epoch and given:
-        raise ConfigError(f"--epoch times whole epochs only: {', '.join('--' + n for n in given)} "
-                          f"do not apply to it")
+    if args.epoch and args.numerics:
+        raise ConfigError("--epoch and --numerics are two separate measurements: run them one at a time")
+    given = [name for name in DEFAULTS if getattr(args, name) not in (None, False)
+             and not (args.numerics and name == "archs")]
+    mode = "--epoch" if args.epoch else "--numerics" if args.numerics else None
+    if mode and given:
+        raise ConfigError(f"{', '.join('--' + n for n in given)} do not apply to {mode}")
+    if args.numerics and not args.compile and args.precision == "float32":
+        raise ConfigError("--numerics compares the speed-ups with the default step: add --compile 1 "
+                          "and/or --precision bf16")
     for name, default in DEFAULTS.items():
         if getattr(args, name) is None:
             setattr(args, name, default)
@@ -100,6 +110,14 @@ def run(args: argparse.Namespace) -> dict:
                             "overrides": overrides}}
     print(f"{PROG} on {results['provenance']['device_name']} ({device}, "
           f"{torch.get_num_threads()} CPU threads)")
+    if args.numerics:
+        numerics = [compare(arch, overrides, device, QUICK_STEPS if args.quick else NUMERICS_STEPS)
+                    for arch in args.archs]
+        settings_text = ", ".join(f"{name} {value}" for name, value in overrides.items())
+        print(f"\nCCL steps with {settings_text} against the default float32 step: the largest "
+              f"relative difference of a parameter (to its change in training) and of a loss\n"
+              + report.numerics_table(numerics))
+        return {**results, "numerics": numerics}
     if args.epoch:
         epoch = benchmark_epoch(args.epoch, overrides, device, epochs, epoch_sizes)
         print("\nTraining epochs (synthetic data, the trainer's timing)\n" + report.epoch_table(epoch))

@@ -69,4 +69,12 @@ def epoch_table(result: EpochResult) -> str:
 def operators_table(result: StepResult, shapes_width: int = 60) -> str:
     rows = [[op["name"], op["shapes"][:shapes_width], op["calls_per_step"], op["ms_per_step"]]
             for op in result.operators]
-    return f"{result.arch} {result.method}\n" + table(["operator", "input shapes", "calls/step", "ms/step"], rows)
+    count = "" if result.operator_count is None else f": {result.operator_count} operators per step"
+    return f"{result.arch} {result.method}{count}\n" + table(["operator", "input shapes", "calls/step",
+                                                                "ms/step"], rows)
+
+
+def numerics_table(rows: Sequence[dict]) -> str:
+    return table(["arch", "steps", "float32 again: parameters", "loss", "speed-ups: parameters", "loss"],
+                 [[r["arch"], r["steps"], r["float32_again"]["parameters"], r["float32_again"]["loss"],
+                   r["speed_ups"]["parameters"], r["speed_ups"]["loss"]] for r in rows])

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 from ccl.bench.cases import ARCHITECTURES, METHODS, Case, build_case, load_config, synthetic_splits
 from ccl.bench.clock import Clock, state_bytes
-from ccl.bench.profile import top_operators
+from ccl.bench.profile import operators_per_step, top_operators
 
 PHASES = ("data", "forward_feedback", "backward", "update")
 POOL_BATCHES = 32  # distinct batches a repeat cycles through: too many to memorise in a few passes
@@ -42,7 +42,8 @@ class StepResult:
     repeat_ms: list[float]  # mean step time of each repeat
     split_ms: dict[str, float]  # mean time per step of each phase
     peak_mb: float | None  # model + optimizer state + the step's peak working memory
-    operators: list[dict] | None = None  # --profile: the costliest operators of a step
+    operators: list[dict] | None = None  # --profile: the costliest operators of a step ...
+    operator_count: int | None = None  # ... and how many operators it dispatches
 
     @property
     def step_ms(self) -> float:
@@ -133,11 +134,11 @@ def benchmark_architecture(arch: str, settings: Settings, device) -> list[StepRe
     for method, case in cases.items():
         split = time_split(case, batches[method], clock, steps)
         peak = peak_memory_mb(case, next(batches[method]), clock)
-        operators = None
+        result = StepResult(arch, method, case.config.batchsize, steps, repeats[method],
+                            {phase: seconds * 1000 for phase, seconds in split.items()}, peak)
         if settings.profile:
             pool = [next(batches[method]) for _ in range(min(steps, PROFILED_STEPS))]
-            operators = [vars(op) for op in top_operators(case, pool, len(pool))]
-        results.append(StepResult(arch, method, case.config.batchsize, steps, repeats[method],
-                                  {phase: seconds * 1000 for phase, seconds in split.items()}, peak,
-                                  operators))
+            result.operators = [vars(op) for op in top_operators(case, pool, len(pool))]
+            result.operator_count = operators_per_step(case, pool[0])
+        results.append(result)
     return results

@@ -1,0 +1,50 @@
+"""How far the speed-ups move the numbers (`--numerics`): a few CCL steps of an architecture's
+config from the same initial weights on the same batches, with the default float32 step and
+with the chosen speed-ups. The default step is also run twice: on a GPU some kernels are not
+bit-reproducible, and that run-to-run difference is the yardstick."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from itertools import islice
+
+import torch
+
+from ccl.bench.cases import ARCHITECTURES, build_case, load_config, synthetic_splits
+
+STEPS = 10
+
+
+@dataclass
+class Trajectory:
+    initial: list[torch.Tensor]
+    final: list[torch.Tensor]
+    losses: list[float]
+
+
+def train(config, script, splits, device, steps: int) -> Trajectory:
+    case = build_case(config, script, splits, device)  # seeded: the same initial weights
+    initial = [p.detach().clone() for p in case.model.parameters()]
+    losses = [case.step(inputs, targets).item() for inputs, targets in islice(case.data.train.epoch(0), steps)]
+    return Trajectory(initial, [p.detach().clone() for p in case.model.parameters()], losses)
+
+
+def difference(reference: Trajectory, other: Trajectory) -> dict[str, float]:
+    """The largest relative differences: of a parameter tensor, against how far training moved
+    it; of a step's loss."""
+    moved = [(b - a).norm() for a, b in zip(reference.initial, reference.final)]
+    parameters = max(((c - b).norm() / m).item()
+                     for b, c, m in zip(reference.final, other.final, moved) if m > 0)
+    loss = max(abs(y - x) / abs(x) for x, y in zip(reference.losses, other.losses))
+    return {"parameters": parameters, "loss": loss}
+
+
+def compare(arch: str, overrides: dict, device, steps: int) -> dict:
+    """The architecture's CCL config with `overrides` (the speed-ups) against the default step."""
+    config, script = load_config(ARCHITECTURES[arch], {**overrides, "method": "CCL"})
+    default = config.replace(compile=0, precision="float32")
+    batch = config.batchsize
+    splits = synthetic_splits(config.dataset, (steps * batch, batch, batch), device)
+    reference = train(default, script, splits, device, steps)
+    return {"arch": arch, "steps": steps,
+            "float32_again": difference(reference, train(default, script, splits, device, steps)),
+            "speed_ups": difference(reference, train(config, script, splits, device, steps))}
