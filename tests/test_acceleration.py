@@ -51,3 +51,8 @@ def test_compile_without_a_code_generator_is_refused(monkeypatch):
     with pytest.raises(ConfigError, match="Triton is not installed"):
         check_supported(config(compile=1), "cuda")
     check_supported(config(), "cpu")  # off: nothing to check
+
+
+def test_cuda_graphs_need_a_gpu():
+    with pytest.raises(ConfigError, match="compile 2 replays CUDA graphs.*set compile: 1"):
+        check_supported(config(compile=2), "cpu")
