@@ -27,7 +27,7 @@ PROFILED_STEPS = 10  # at most, with --profile
 @dataclass
 class Settings:
     repeats: int = 5
-    steps: int | None = None  # steps per repeat; None: calibrated on the warm-up
+    steps: int | None = None  # steps per repeat; None: as many as fill SECONDS_PER_REPEAT
     warmup: int = 3
     overrides: dict = field(default_factory=dict)  # config keys set in every case
     profile: bool = False  # also rank the operators of a step by their time
