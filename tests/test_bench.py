@@ -54,8 +54,8 @@ def test_numerics_of_a_speed_up(tmp_path, capsys):
     code, results = bench(tmp_path, "--numerics", "--precision", "bf16", "--archs", "mlp_mnist")
     assert code == 0
     [row] = results["numerics"]
-    assert row["float32_again"] == {"parameters": 0, "loss": 0}  # one CPU thread: reproducible
-    assert 0 < row["speed_ups"]["parameters"] < 0.5 and 0 < row["speed_ups"]["loss"] < 0.05
+    assert row["float32_again"] == {"first_step": 0, "parameters": 0, "loss": 0}  # CPU: reproducible
+    assert all(0 < difference < 0.5 for difference in row["speed_ups"].values())
     assert "float32 again" in capsys.readouterr().out
 
 

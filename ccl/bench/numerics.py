@@ -17,25 +17,35 @@ STEPS = 10
 @dataclass
 class Trajectory:
     initial: list[torch.Tensor]
+    first: list[torch.Tensor]  # after the first step
     final: list[torch.Tensor]
     losses: list[float]
 
 
 def train(config, script, splits, device, steps: int) -> Trajectory:
     case = build_case(config, script, splits, device)  # seeded: the same initial weights
-    initial = [p.detach().clone() for p in case.model.parameters()]
-    losses = [case.step(inputs, targets).item() for inputs, targets in islice(case.data.train.epoch(0), steps)]
-    return Trajectory(initial, [p.detach().clone() for p in case.model.parameters()], losses)
+
+    def parameters():
+        return [p.detach().clone() for p in case.model.parameters()]
+
+    initial, first, losses = parameters(), None, []
+    for inputs, targets in islice(case.data.train.epoch(0), steps):
+        losses.append(case.step(inputs, targets).item())
+        first = first or parameters()
+    return Trajectory(initial, first, parameters(), losses)
 
 
 def difference(reference: Trajectory, other: Trajectory) -> dict[str, float]:
-    """The largest relative differences: of a parameter tensor, against how far training moved
-    it; of a step's loss."""
-    moved = [(b - a).norm() for a, b in zip(reference.initial, reference.final)]
-    parameters = max(((c - b).norm() / m).item()
-                     for b, c, m in zip(reference.final, other.final, moved) if m > 0)
-    loss = max(abs(y - x) / abs(x) for x, y in zip(reference.losses, other.losses))
-    return {"parameters": parameters, "loss": loss}
+    """The largest relative differences of a parameter tensor after the first and after the
+    last step (against how far that step or training moved it), and of a step's loss. The
+    first step shows the step's own error; later steps add how training amplifies it."""
+    def parameters(start, ours, theirs):
+        return max(((b - a).norm() / (a - s).norm()).item()
+                   for s, a, b in zip(start, ours, theirs) if (a - s).norm() > 0)
+
+    return {"first_step": parameters(reference.initial, reference.first, other.first),
+            "parameters": parameters(reference.initial, reference.final, other.final),
+            "loss": max(abs(y - x) / abs(x) for x, y in zip(reference.losses, other.losses))}
 
 
 def compare(arch: str, overrides: dict, device, steps: int) -> dict:

@@ -75,6 +75,8 @@ def operators_table(result: StepResult, shapes_width: int = 60) -> str:
 
 
 def numerics_table(rows: Sequence[dict]) -> str:
-    return table(["arch", "steps", "float32 again: parameters", "loss", "speed-ups: parameters", "loss"],
-                 [[r["arch"], r["steps"], r["float32_again"]["parameters"], r["float32_again"]["loss"],
-                   r["speed_ups"]["parameters"], r["speed_ups"]["loss"]] for r in rows])
+    columns = ("first_step", "parameters", "loss")
+    return table(["arch", "steps", "float32 again: step 1", "all steps", "loss",
+                  "speed-ups: step 1", "all steps", "loss"],
+                 [[r["arch"], r["steps"], *(r["float32_again"][c] for c in columns),
+                   *(r["speed_ups"][c] for c in columns)] for r in rows])
