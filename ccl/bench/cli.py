@@ -10,13 +10,13 @@ import torch
 
 from ccl.bench import report
 from ccl.bench.cases import ARCHITECTURES
-from ccl.bench.epoch import benchmark_epoch, compare_pipelines
+from ccl.bench.epoch import benchmark_epoch, compare_pipelines, load_mnist
 from ccl.bench.numerics import STEPS as NUMERICS_STEPS
 from ccl.bench.numerics import compare
 from ccl.bench.steps import Settings, benchmark_architecture
 from utils.cli import DEFAULT_DATA_ROOT, resolve_device
 from utils.config import KEYS
-from utils.errors import ConfigError, UserError
+from utils.errors import ConfigError, DataError, UserError
 from utils.io import write_json
 from utils.provenance import provenance
 
@@ -122,6 +122,12 @@ def run(args: argparse.Namespace) -> dict:
         epoch = benchmark_epoch(args.epoch, overrides, device, epochs, epoch_sizes)
         print("\nTraining epochs (synthetic data, the trainer's timing)\n" + report.epoch_table(epoch))
         return {**results, "epoch": epoch.as_dict()}
+    mnist = None
+    if not args.no_pipeline:  # a missing file stops the benchmark now, not after the steps
+        try:
+            mnist = load_mnist(args.data_root)
+        except DataError as error:
+            raise DataError(str(error), "Or leave the pipeline comparison out: --no_pipeline.") from None
     steps = [result for arch in args.archs for result in benchmark_architecture(arch, settings, device)]
     print("\nTraining step: loss + optimizer step (median of the repeats)\n" + report.steps_table(steps))
     print("\nWhere a step's time goes (ms per step; data: making the batch)\n" + report.split_table(steps))
@@ -132,7 +138,7 @@ def run(args: argparse.Namespace) -> dict:
     results["steps"] = [result.as_dict() for result in steps]
     results["ccl_bp_ratio"] = {arch: report.ratio(steps, arch) for arch in args.archs}
     if not args.no_pipeline:
-        pipeline = compare_pipelines(args.data_root, speed_keys, device, epochs)
+        pipeline = compare_pipelines(args.data_root, mnist, speed_keys, device, epochs)
         print("\nMNIST MLP CCL training epoch (the trainer's timing): our pipeline and torchvision's\n"
               + report.pipeline_table(pipeline))
         results["pipeline"] = pipeline.as_dict()

@@ -20,7 +20,7 @@ from torchvision import datasets, transforms
 from ccl.bench.cases import Case, build_case, load_config, official_split_sizes, synthetic_splits
 from ccl.rules import RULES
 from ccl.trainer import Loaders, Trainer
-from utils.data import load_splits, split_indices
+from utils.data import Splits, load_splits, split_indices
 from utils.data.recipes import MLP_NORMALISATION
 
 MNIST_CONFIG = "yaml/mlp/mnist_ccl.yaml"
@@ -99,11 +99,17 @@ class PipelineResult:
         return {**vars(self), "speedup": self.speedup}
 
 
-def compare_pipelines(data_root: Path, overrides: dict, device, epochs: int) -> PipelineResult:
-    """The MNIST MLP CCL config trained on the same training images, from the same initial
-    weights, by each pipeline."""
+def load_mnist(data_root: Path) -> Splits:
+    """MNIST split as the pipeline comparison's config splits it (on the CPU)."""
+    config, _ = load_config(MNIST_CONFIG, {})
+    return load_splits(config.dataset, data_root, config.seed)
+
+
+def compare_pipelines(data_root: Path, splits: Splits, overrides: dict, device,
+                      epochs: int) -> PipelineResult:
+    """The MNIST MLP CCL config trained on the same training images (`splits`, from
+    `load_mnist`), from the same initial weights, by each pipeline."""
     config, script = load_config(MNIST_CONFIG, overrides)
-    splits = load_splits(config.dataset, data_root, config.seed)
     ours = build_case(config, script, splits.to(device), device)
     ours_history = train_epochs(ours, ours.data.train, epochs)
     theirs = build_case(config, script, splits.to(device), device)
