@@ -72,6 +72,13 @@ def test_bad_settings_are_refused(tmp_path, capsys, args, message):
     assert message in capsys.readouterr().err
 
 
+def test_missing_mnist_stops_the_benchmark_before_the_steps(tmp_path, capsys):
+    assert bench(tmp_path, "--data_root", str(tmp_path / "nowhere"), "--archs", "mlp_mnist") == (1, None)
+    err = capsys.readouterr()
+    assert "prepare_data.py MNIST" in err.err and "--no_pipeline" in err.err
+    assert "Training step" not in err.out
+
+
 def test_unknown_flags_and_architectures_are_refused(capsys):
     for args in (["--arch", "cnn"], ["--archs", "resnet"], ["--precision", "fp8"]):
         with pytest.raises(SystemExit) as stop:
