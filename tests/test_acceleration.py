@@ -1,14 +1,20 @@
-"""The opt-in speed-ups: `precision: bf16` trains (and changes the numbers a little), and a
-device that cannot run a speed-up is refused before the run starts. (`compile: 1` takes tens of
-seconds to compile on a CPU; its numbers are measured in docs/PERFORMANCE.md.)"""
+"""The opt-in speed-ups: `precision: bf16` trains (and changes the numbers a little), a device
+that cannot run a speed-up is refused before the run starts, and (CCL_TEST_COMPILE=1: compiling
+takes about a minute on a CPU) `compile: 1` reproduces the released code's golden steps."""
 import json
+import os
 
 import pytest
 import torch
 
 import torch._inductor.cpp_builder
 import torch.utils._triton
-from ccl.acceleration import check_supported
+import main_class_cnn
+import main_class_mlp
+from ccl.acceleration import check_supported, training_loss
+from ccl.optim import DualOptimizer
+from ccl.rules import ccl_loss
+from golden import assert_matches_summary, golden_model_and_task, load_fixture
 from runs import MLP_YAML, one_thread, run_mlp  # noqa: F401
 from utils.config import build_config, read_yaml_sections
 from utils.errors import ConfigError
@@ -56,3 +62,20 @@ def test_compile_without_a_code_generator_is_refused(monkeypatch):
 def test_cuda_graphs_need_a_gpu():
     with pytest.raises(ConfigError, match="compile 2 replays CUDA graphs.*set compile: 1"):
         check_supported(config(compile=2), "cpu")
+
+
+@pytest.mark.skipif(not os.environ.get("CCL_TEST_COMPILE"),
+                    reason="compiling takes about a minute on a CPU: set CCL_TEST_COMPILE=1")
+@pytest.mark.parametrize("fixture, script", [("mlp_mnist_ccl.pt", main_class_mlp),
+                                             ("cnn_cifar10_ccl.pt", main_class_cnn)])
+def test_compiled_steps_match_the_released_code(fixture, script):
+    golden = load_fixture(fixture)
+    config, model, task = golden_model_and_task(golden, script.make_task)
+    loss_of = training_loss(config.replace(compile=1), model, task, ccl_loss)
+    optimizer = DualOptimizer(model, config)
+    for index, expected in enumerate(golden["steps"]):
+        loss = loss_of(golden["x"], golden["y"])
+        assert loss.item() == pytest.approx(expected["total_loss"], rel=1e-4)
+        optimizer.step(loss)
+        for name, param in model.named_parameters():
+            assert_matches_summary(param, expected["params_after"][name], f"step {index} {name}")
