@@ -15,6 +15,7 @@ class Clock:
     def __init__(self, device):
         self.device = torch.device(device)
         self.cuda = self.device.type == "cuda"
+        self._base = 0  # bytes allocated when the peak was last reset
 
     def sync(self) -> None:
         if self.cuda:
@@ -25,7 +26,7 @@ class Clock:
         if not self.cuda:
             return time.perf_counter()
         event = torch.cuda.Event(enable_timing=True)
-        event.record()
+        event.record(torch.cuda.current_stream(self.device))
         return event
 
     def seconds(self, start, end) -> float:

@@ -24,13 +24,14 @@ class OperatorTime:
 
 
 def top_operators(case: Case, pool: list, steps: int) -> list[OperatorTime]:
-    cuda = next(case.model.parameters()).is_cuda
+    device = next(case.model.parameters()).device
+    cuda = device.type == "cuda"
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
     with profile(activities=activities, record_shapes=True) as profiler:
         for index in range(steps):
             case.step(*pool[index % len(pool)])
         if cuda:
-            torch.cuda.synchronize()
+            torch.cuda.synchronize(device)
 
     def own_time(event) -> float:  # microseconds
         return event.self_device_time_total if cuda else event.self_cpu_time_total
