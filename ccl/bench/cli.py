@@ -40,13 +40,13 @@ def build_parser() -> argparse.ArgumentParser:
     steps.add_argument("--archs", nargs="+", choices=list(ARCHITECTURES), default=None, metavar="ARCH",
                        help=f"architectures to time (default: all: {' '.join(ARCHITECTURES)})")
     steps.add_argument("--repeats", type=int, default=None,
-                       help=f"timed repeats per method; the median is reported (default {DEFAULTS['repeats']})")
+                       help=f"timed repeats per method, the median reported (default {DEFAULTS['repeats']})")
     steps.add_argument("--steps", type=int, default=None,
                        help="steps per repeat (default: as many as take about 0.5 s, 3 to 200)")
     steps.add_argument("--warmup", type=int, default=None,
                        help=f"untimed steps before timing (default {DEFAULTS['warmup']})")
     steps.add_argument("--data_root", type=Path, default=None,
-                       help=f"where MNIST lies, for the pipeline comparison (default {DEFAULTS['data_root']})")
+                       help=f"MNIST's folder, for the pipeline comparison (default {DEFAULTS['data_root']})")
     steps.add_argument("--no_pipeline", action="store_true", help="skip the pipeline comparison")
     steps.add_argument("--profile", action="store_true",
                        help="also list the operators that take most of a step's time (torch.profiler)")
@@ -66,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
                             help=f"config key set in every run: {key.help}")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
     parser.add_argument("--quick", action="store_true",
-                        help="tiny batches, one short repeat (checks the benchmark runs; numbers mean nothing)")
+                        help="tiny batches, one short repeat (checks that it runs; numbers mean nothing)")
     parser.add_argument("--json", type=Path, default=None, help="also write every number to this file")
     return parser
 
