@@ -8,7 +8,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))  # test helpers: golden, tiny_data
 
 from tiny_data import (write_checksum_file, write_cifar10, write_cifar100, write_idx_dataset,  # noqa: E402
-                       write_stl10, write_stl10_dataset)
+                       write_stl10)
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -62,7 +62,7 @@ def tiny_stl10(tmp_path, monkeypatch):
     import utils.data.stl10 as stl10
 
     root = tmp_path / "data"
-    checksums = write_stl10_dataset(root)
+    checksums = write_stl10(root)
     for name, md5 in checksums.items():
         monkeypatch.setitem(stl10.CHECKSUMS, name, md5)
     checksum_file = tmp_path / "checksums.json"

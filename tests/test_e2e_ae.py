@@ -10,7 +10,7 @@ import main_ae
 import models.autoencoder
 import utils.data.stl10 as stl10
 from conftest import REPO
-from tiny_data import write_stl10_dataset
+from tiny_data import write_stl10
 from utils.cli import parse_command_line
 from utils.data import load_splits
 from utils.data.recipes import ae_data
@@ -54,7 +54,7 @@ def quick_init():
 @pytest.fixture(scope="module")
 def stl10_files(tmp_path_factory):
     root = tmp_path_factory.mktemp("stl10")
-    return root, write_stl10_dataset(root, n_train=20, n_test=TEST_IMAGES)
+    return root, write_stl10(root, n_train=20, n_test=TEST_IMAGES)
 
 
 @pytest.fixture(scope="module")

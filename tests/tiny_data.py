@@ -140,27 +140,3 @@ def write_stl10(root: Path, n_train: int = 20, n_test: int = 10, seed: int = 0) 
 def write_checksum_file(path: Path, tables: dict) -> None:
     """For subprocess runs: tests/launch.py reads this and patches the loaders' tables."""
     Path(path).write_text(json.dumps(tables))
-
-
-def write_stl10_dataset(root: Path, n_train: int = 20, n_test: int = 10,
-                        seed: int = 0) -> dict[str, str]:
-    """The four STL-10 binaries under root/stl10_binary (96x96 colour images of a few flat
-    rectangles, labels 1..10); returns {filename: md5}."""
-    rng = np.random.default_rng(seed)
-    folder = Path(root) / "stl10_binary"
-    folder.mkdir(parents=True, exist_ok=True)
-    checksums = {}
-    for split, n in (("train", n_train), ("test", n_test)):
-        images = rng.integers(0, 40, (n, 3, 96, 96)).astype(np.uint8)
-        for image in images:
-            for _ in range(3):
-                top, left = rng.integers(0, 64, 2)
-                image[:, top:top + 32, left:left + 32] = rng.integers(60, 256, (3, 1, 1))
-        labels = rng.integers(1, 11, n).astype(np.uint8)
-        # The official layout stores each channel column-major: (N, C, W, H) in C order.
-        files = {f"{split}_X.bin": images.transpose(0, 1, 3, 2).tobytes(),
-                 f"{split}_y.bin": labels.tobytes()}
-        for name, data in files.items():
-            (folder / name).write_bytes(data)
-            checksums[name] = hashlib.md5(data).hexdigest()
-    return checksums
