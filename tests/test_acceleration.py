@@ -1,14 +1,15 @@
 """The opt-in speed-ups: `precision: bf16` trains (and changes the numbers a little), a device
 that cannot run a speed-up is refused before the run starts, and (CCL_TEST_COMPILE=1: compiling
-takes about a minute on a CPU) `compile: 1` reproduces the released code's golden steps."""
+takes about a minute on a CPU) `compile: 1` reproduces the released code's golden steps. On a
+GPU, every speed-up trains end to end (compiling ones with CCL_TEST_COMPILE=1)."""
 import json
 import os
 
 import pytest
 import torch
-
 import torch._inductor.cpp_builder
 import torch.utils._triton
+
 import main_class_cnn
 import main_class_mlp
 from ccl.acceleration import check_supported, training_loss
@@ -20,22 +21,41 @@ from utils.config import build_config, read_yaml_sections
 from utils.errors import ConfigError
 
 pytestmark = pytest.mark.usefixtures("one_thread")
+COMPILE_TESTS = pytest.mark.skipif(not os.environ.get("CCL_TEST_COMPILE"),
+                                   reason="compiling takes about a minute on a CPU: set CCL_TEST_COMPILE=1")
+NEEDS_CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
 
 def config(**changes):
     return build_config(read_yaml_sections(MLP_YAML), changes, {}, MLP_YAML)
 
 
+def train_mlp(data_root, out, device, *flags) -> dict:
+    """Two epochs of the MNIST MLP config on the tiny data (the second replays what the first
+    compiled or recorded); returns results.json."""
+    assert run_mlp("--yaml", MLP_YAML, "--data_root", str(data_root), "--epochs", "2",
+                   "--batchsize", "64", "--device", device, "--out_dir", str(out), *flags) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["status"] == "finished"
+    return results
+
+
 def test_bf16_trains_close_to_float32(tiny_mnist, tmp_path):
-    results = {}
-    for precision in ("float32", "bf16"):
-        out = tmp_path / precision
-        assert run_mlp("--yaml", MLP_YAML, "--data_root", str(tiny_mnist[0]), "--epochs", "1",
-                       "--batchsize", "64", "--device", "cpu", "--precision", precision,
-                       "--out_dir", str(out)) == 0
-        results[precision] = json.loads((out / "results.json").read_text())
-    float32, bf16 = results["float32"]["test_loss"], results["bf16"]["test_loss"]
+    float32 = train_mlp(tiny_mnist[0], tmp_path / "float32", "cpu")["test_loss"]
+    bf16 = train_mlp(tiny_mnist[0], tmp_path / "bf16", "cpu", "--precision", "bf16")["test_loss"]
     assert bf16 != float32 and bf16 == pytest.approx(float32, rel=0.01)
+
+
+@NEEDS_CUDA
+@pytest.mark.parametrize("flags", [("--precision", "bf16"),
+                                   pytest.param(("--compile", "1"), marks=COMPILE_TESTS),
+                                   pytest.param(("--compile", "2"), marks=COMPILE_TESTS),
+                                   pytest.param(("--compile", "2", "--precision", "bf16"),
+                                                marks=COMPILE_TESTS)])
+def test_speed_ups_train_on_cuda(tiny_mnist, tmp_path, flags):
+    default = train_mlp(tiny_mnist[0], tmp_path / "default", "cuda")["test_loss"]
+    assert train_mlp(tiny_mnist[0], tmp_path / "fast", "cuda", *flags)["test_loss"] == \
+        pytest.approx(default, rel=0.01)
 
 
 def test_bf16_on_a_gpu_without_it_is_refused(monkeypatch):
@@ -64,8 +84,7 @@ def test_cuda_graphs_need_a_gpu():
         check_supported(config(compile=2), "cpu")
 
 
-@pytest.mark.skipif(not os.environ.get("CCL_TEST_COMPILE"),
-                    reason="compiling takes about a minute on a CPU: set CCL_TEST_COMPILE=1")
+@COMPILE_TESTS
 @pytest.mark.parametrize("fixture, script", [("mlp_mnist_ccl.pt", main_class_mlp),
                                              ("cnn_cifar10_ccl.pt", main_class_cnn)])
 def test_compiled_steps_match_the_released_code(fixture, script):

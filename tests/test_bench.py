@@ -3,6 +3,7 @@ JSON. The numbers themselves are not checked: they depend on the machine."""
 import json
 
 import pytest
+import torch
 
 from ccl.bench.cases import METHODS
 from ccl.bench.cli import main
@@ -84,3 +85,13 @@ def test_unknown_flags_and_architectures_are_refused(capsys):
         with pytest.raises(SystemExit) as stop:
             main(args)
         assert stop.value.code == 2
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_events_and_peak_memory(tmp_path):
+    out = tmp_path / "bench.json"
+    assert main(["--quick", "--device", "cuda", "--archs", "mlp_mnist", "cnn_pool", "--no_pipeline",
+                 "--profile", "--json", str(out)]) == 0
+    for row in json.loads(out.read_text())["steps"]:
+        assert row["step_ms"] > 0 and row["peak_mb"] > 0 and all(t >= 0 for t in row["split_ms"].values())
+        assert sum(op["ms_per_step"] for op in row["operators"]) > 0
