@@ -1,6 +1,5 @@
-"""The opt-in speed-ups of the training step: `compile: 1` (torch.compile), `compile: 2`
-(torch.compile with CUDA graphs) and `precision: bf16` (bfloat16 autocast). All are off by
-default, and then the step is the plain float32 computation of the released code.
+"""The opt-in speed-ups of the training step: `compile: 1` (torch.compile) and
+`precision: bf16` (bfloat16 autocast). Both are off by default, and then the step is the plain float32 computation of the released code.
 docs/PERFORMANCE.md measures what they gain and how much they change the numbers.
 """
 from __future__ import annotations
@@ -12,9 +11,6 @@ import torch
 from utils.errors import ConfigError
 
 LossFunction = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-# `compile` value -> torch.compile mode. "reduce-overhead" replays each step's kernels as a CUDA
-# graph: one launch instead of hundreds, for steps too small to keep a GPU busy.
-COMPILE_MODES = {1: "default", 2: "reduce-overhead"}
 
 
 def check_supported(config, device) -> None:
@@ -23,9 +19,6 @@ def check_supported(config, device) -> None:
     if config.precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
         raise ConfigError(f"precision bf16: {torch.cuda.get_device_name(device)} has no bfloat16 "
                           f"support (it needs an Ampere or newer GPU); set precision: float32")
-    if config.compile == 2 and device.type != "cuda":
-        raise ConfigError(f"compile 2 replays CUDA graphs and needs a CUDA device, not {device}; "
-                          f"set compile: 1")
     if config.compile:
         problem = _compile_problem(device)
         if problem:
@@ -66,13 +59,4 @@ def training_loss(config, model, task, rule) -> LossFunction:
         return loss
     # Static shapes: the last, smaller batch of an epoch compiles once more rather than making
     # every step run shape-generic code.
-    compiled = torch.compile(loss, dynamic=False, mode=COMPILE_MODES[config.compile])
-    if config.compile == 1:
-        return compiled
-
-    def graphed_loss(inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        # A CUDA graph writes every step's result to the same memory; the trainer reads the
-        # losses of several steps at once, so it gets a copy.
-        return compiled(inputs, targets).clone()
-
-    return graphed_loss
+    return torch.compile(loss, dynamic=False)

@@ -79,11 +79,6 @@ def test_compile_without_a_code_generator_is_refused(monkeypatch):
     check_supported(config(), "cpu")  # off: nothing to check
 
 
-def test_cuda_graphs_need_a_gpu():
-    with pytest.raises(ConfigError, match="compile 2 replays CUDA graphs.*set compile: 1"):
-        check_supported(config(compile=2), "cpu")
-
-
 @COMPILE_TESTS
 @pytest.mark.parametrize("fixture, script", [("mlp_mnist_ccl.pt", main_class_mlp),
                                              ("cnn_cifar10_ccl.pt", main_class_cnn)])

@@ -133,9 +133,9 @@ KEYS: dict[str, Key] = {
     # opt-in speed-ups of the training step (docs/PERFORMANCE.md); the defaults are the released numerics
     "compile": _k("training", int,
                   "1: torch.compile the training step's forward, feedback and losses (and so their "
-                  "backward); 2: the same, replayed as CUDA graphs (CUDA only); the first steps of "
+                  "backward); the first steps of "
                   "each batch shape compile; results differ from 0 in the last bits",
-                  default=0, choices=(0, 1, 2)),
+                  default=0, choices=(0, 1)),
     "precision": _k("training", str,
                     "bf16: the training step runs under bfloat16 autocast (matmuls and convolutions "
                     "in bfloat16; parameters, optimizer and evaluation stay float32); float32: as released",
