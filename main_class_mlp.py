@@ -33,7 +33,7 @@ SCRIPT = Script(
     make_task=make_task,
     defaults={"task_transform": "none"},
     check=no_schedules,
-    ignored=("loss_scale_ssl", "loss_scale_D"),
+    ignored=("loss_scale_ssl", "loss_scale_D", "augment_validation"),  # no augmentation to apply
 )
 
 if __name__ == "__main__":
