@@ -40,7 +40,8 @@ SCRIPT = Script(
     defaults={"task_transform": "same"},
     check=check,
     report=save_reconstructions,
-    ignored=("loss_scale_ssl", "filter_target"),  # no decorrelation terms, no flooding
+    # no decorrelation terms, no flooding; fused_pair_loss is the classification CNN's
+    ignored=("loss_scale_ssl", "filter_target", "fused_pair_loss"),
 )
 
 if __name__ == "__main__":

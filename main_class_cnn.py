@@ -7,13 +7,14 @@ import sys
 from functools import partial
 
 from ccl.experiment import Script, main
-from ccl.losses import cnn_alignment_loss
+from ccl.losses import cnn_alignment_loss, fused_cnn_alignment_loss
 from ccl.tasks import Classification, flood_threshold
 from utils.data.recipes import CNN_TRANSFORMS, cnn_data
 
 
 def make_task(config, num_classes: int) -> Classification:
-    alignment = partial(cnn_alignment_loss, loss_scale_C=config.loss_scale_C,
+    pair_loss = fused_cnn_alignment_loss if config.fused_pair_loss else cnn_alignment_loss
+    alignment = partial(pair_loss, loss_scale_C=config.loss_scale_C,
                         loss_scale_ssl=config.loss_scale_ssl)
     return Classification(num_classes, alignment, flood_threshold(config))
 

@@ -33,7 +33,8 @@ SCRIPT = Script(
     make_task=make_task,
     defaults={"task_transform": "none"},
     check=no_schedules,
-    ignored=("loss_scale_ssl", "loss_scale_D", "augment_validation"),  # no augmentation to apply
+    # no decorrelation or normalised terms, no augmentation, a pair loss with nothing to fuse
+    ignored=("loss_scale_ssl", "loss_scale_D", "augment_validation", "fused_pair_loss"),
 )
 
 if __name__ == "__main__":

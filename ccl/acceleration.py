@@ -1,5 +1,6 @@
-"""The opt-in speed-ups of the training step: `compile: 1` (torch.compile) and
-`precision: bf16` (bfloat16 autocast). Both are off by default, and then the step is the plain float32 computation of the released code.
+"""The opt-in speed-ups of the training step: `compile: 1` (torch.compile), `precision: bf16`
+(bfloat16 autocast) and, for the CNNs, `fused_pair_loss: 1` (ccl/losses.py). All are off by
+default, and then the step is the plain float32 computation of the released code.
 docs/PERFORMANCE.md measures what they gain and how much they change the numbers.
 """
 from __future__ import annotations
@@ -8,9 +9,16 @@ from collections.abc import Callable
 
 import torch
 
+from utils.config import KEYS
 from utils.errors import ConfigError
 
 LossFunction = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+SPEED_KEYS = ("compile", "precision", "fused_pair_loss")  # config keys; their defaults: as released
+
+
+def without_speed_ups(config):
+    """The config with every speed-up at its default: the released numerics."""
+    return config.replace(**{name: KEYS[name].default for name in SPEED_KEYS})
 
 
 def check_supported(config, device) -> None:

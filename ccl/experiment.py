@@ -72,7 +72,7 @@ class Script:
         if self.task == "classification" and config.task_transform not in (None, "none"):
             notes.append(f"task_transform {config.task_transform!r} is ignored: it applies to the "
                          f"autoencoder (main_ae.py) only")
-        return notes + ignored_settings(config)
+        return notes + ignored_settings(config, unread=self.ignored)
 
 
 def main(script: Script, argv: Sequence[str] | None = None) -> int:

@@ -60,6 +60,73 @@ def cnn_alignment_loss(a: torch.Tensor, b: torch.Tensor, onehot: torch.Tensor,
             + F.mse_loss(B @ B.T, eye_b) * loss_scale_ssl)
 
 
+class _FusedCnnPairLoss(torch.autograd.Function):
+    """`cnn_alignment_loss` with its gradient in closed form (`fused_pair_loss: 1`).
+
+    With unit rows A = a / |a| (activations) and B = b / |b| (feedback signals), the loss reads
+    three Gram-type products. Each is formed from the raw rows and scaled by the outer product
+    of the reciprocal norms, so the unit rows are never materialised. The gradient with respect
+    to the raw rows is the symmetrised residuals times [a; b]: the N x N Gram term costs one
+    product over the N x D activations where autograd's released loss runs two, and the
+    normalisation two passes over them where autograd's runs some ten. The same function,
+    rounded differently (docs/PERFORMANCE.md). Norms, residuals and the loss are at least
+    float32, the products in the inputs' precision (bfloat16 under `precision: bf16`).
+    """
+
+    @staticmethod
+    def forward(ctx, a, b, onehot, loss_scale_C, loss_scale_ssl):
+        dtype = torch.float64 if a.dtype == torch.float64 else torch.float32
+        norm_a, norm_b = (torch.linalg.vector_norm(x, dim=1, dtype=dtype) for x in (a, b))
+        inv_a, inv_b = (norm_a + NORM_EPS).reciprocal(), (norm_b + NORM_EPS).reciprocal()
+
+        def gram(x, inv_x, y, inv_y):  # the unit rows' products, from the raw rows
+            return (x @ y.T).to(dtype).mul_(torch.outer(inv_x, inv_y))
+
+        aa, bb = gram(a, inv_a, a, inv_a), gram(b, inv_b, b, inv_b)
+        aa.diagonal().sub_(1)  # residuals against the identity ...
+        bb.diagonal().sub_(1)
+        ab = gram(a, inv_a, b, inv_b).sub_(onehot)  # ... and against the labels
+        ctx.save_for_backward(a, b, aa, ab, bb, norm_a, norm_b, inv_a, inv_b)
+        ctx.scales = loss_scale_C, loss_scale_ssl
+        return (ab.square().mean() * loss_scale_C + aa.square().mean() * loss_scale_ssl
+                + bb.square().mean() * loss_scale_ssl)
+
+    @staticmethod
+    def backward(ctx, grad_loss):
+        a, b, aa, ab, bb, norm_a, norm_b, inv_a, inv_b = ctx.saved_tensors
+        loss_scale_C, loss_scale_ssl = ctx.scales
+        # d loss / d(unit rows) = residual coefficients @ unit rows; the unit rows' 1/|x| moves
+        # onto the coefficients' columns, so the products read the raw rows
+        ab = ab * (2 * loss_scale_C / ab.numel()) * grad_loss
+        aa = (aa + aa.T) * (2 * loss_scale_ssl / aa.numel()) * grad_loss
+        bb = (bb + bb.T) * (2 * loss_scale_ssl / bb.numel()) * grad_loss
+
+        def product(coef_a, coef_b, like):  # coef_a @ (inv_a * a) + coef_b @ (inv_b * b)
+            return ((coef_a * inv_a).to(like.dtype).mm(a.to(like.dtype))
+                    .addmm_((coef_b * inv_b).to(like.dtype), b.to(like.dtype)))
+
+        return (_through_normalisation(product(aa, ab, a), a, norm_a, inv_a),
+                _through_normalisation(product(ab.T, bb, b), b, norm_b, inv_b), None, None, None)
+
+
+def _through_normalisation(grad_unit: torch.Tensor, x: torch.Tensor, norm: torch.Tensor,
+                           inv: torch.Tensor) -> torch.Tensor:
+    """The gradient with respect to rows x of x / (|x| + eps), given the one with respect to the
+    result: g / (|x| + eps) - (g . x) x / ((|x| + eps)^2 |x|), in place on g. A zero row (a
+    flooded sample) has no direction to remove, as in autograd's norm."""
+    along = torch.einsum("ij,ij->i", grad_unit, x).to(norm.dtype)  # row-wise dot products, no temporary
+    along = torch.where(norm > 0, along * inv.square() / norm, torch.zeros_like(along))
+    return grad_unit.mul_(inv[:, None]).addcmul_(x, along[:, None], value=-1)
+
+
+def fused_cnn_alignment_loss(a: torch.Tensor, b: torch.Tensor, onehot: torch.Tensor,
+                             keep: torch.Tensor | None = None, *, loss_scale_C: float,
+                             loss_scale_ssl: float) -> torch.Tensor:
+    """`cnn_alignment_loss` computed by `_FusedCnnPairLoss`: the same value and gradients up
+    to rounding, with far fewer passes over the activations."""
+    return _FusedCnnPairLoss.apply(_rows(a, keep), b.flatten(1), onehot, loss_scale_C, loss_scale_ssl)
+
+
 def _centred_unit_maps(x: torch.Tensor) -> torch.Tensor:
     """Centre each (sample, channel) map over space and scale it to unit L2 norm."""
     x = x - x.mean(dim=(2, 3), keepdim=True)

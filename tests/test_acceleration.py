@@ -1,7 +1,8 @@
 """The opt-in speed-ups: `precision: bf16` trains (and changes the numbers a little), a device
 that cannot run a speed-up is refused before the run starts, and (CCL_TEST_COMPILE=1: compiling
-takes about a minute on a CPU) `compile: 1` reproduces the released code's golden steps. On a
-GPU, every speed-up trains end to end (compiling ones with CCL_TEST_COMPILE=1)."""
+takes about a minute on a CPU) `compile: 1` reproduces the released code's golden steps, with
+and without `fused_pair_loss: 1` (tests/test_fused_pair_loss.py tests it eagerly). On a GPU,
+every speed-up trains end to end (compiling ones with CCL_TEST_COMPILE=1)."""
 import json
 import os
 
@@ -79,11 +80,16 @@ def test_compile_without_a_code_generator_is_refused(monkeypatch):
 
 
 @COMPILE_TESTS
-@pytest.mark.parametrize("fixture, script", [("mlp_mnist_ccl.pt", main_class_mlp),
-                                             ("cnn_cifar10_ccl.pt", main_class_cnn)])
-def test_compiled_steps_match_the_released_code(fixture, script):
+@pytest.mark.parametrize("fixture, script, fused", [("mlp_mnist_ccl.pt", main_class_mlp, 0),
+                                                    ("cnn_cifar10_ccl.pt", main_class_cnn, 0),
+                                                    ("cnn_cifar10_ccl.pt", main_class_cnn, 1)])
+def test_compiled_steps_match_the_released_code(fixture, script, fused):
     golden = load_fixture(fixture)
-    config, model, task = golden_model_and_task(golden, script.make_task)
+
+    def make_task(config, num_classes):
+        return script.make_task(config.replace(fused_pair_loss=fused), num_classes)
+
+    config, model, task = golden_model_and_task(golden, make_task)
     loss_of = training_loss(config.replace(compile=1), model, task, ccl_loss)
     optimizer = DualOptimizer(model, config)
     for index, expected in enumerate(golden["steps"]):

@@ -66,7 +66,7 @@ def test_numerics_of_a_speed_up(tmp_path, capsys):
     (["--epoch", "yaml/mlp/no_such.yaml"], "does not exist"),
     (["--epoch", "yaml/cnn/cifar10_ccl.yaml", "--archs", "cnn"], "--archs do not apply"),
     (["--numerics", "--precision", "bf16", "--profile"], "--profile do not apply to --numerics"),
-    (["--numerics"], "add --compile 1 and/or --precision bf16"),
+    (["--numerics"], "add one or more of --compile 1, --precision bf16, --fused_pair_loss 1"),
 ])
 def test_bad_settings_are_refused(tmp_path, capsys, args, message):
     assert bench(tmp_path, *args) == (2, None)

@@ -170,8 +170,11 @@ def test_a_command_line_override_fixes_a_file_value(no_training, tmp_path):
     (["--loss_scale_ssl", "0.3"], "loss_scale_ssl 0.3 is ignored: main_class_mlp.py does not use it"),
     (["--loss_scale_D", "2"], "loss_scale_D 2.0 is ignored"),
     (["--augment_validation", "1"], "augment_validation 1 is ignored: main_class_mlp.py does not use it"),
+    (["--fused_pair_loss", "1"], "fused_pair_loss 1 is ignored: main_class_mlp.py does not use it"),
     (["--task_transform", "rot90"], "task_transform 'rot90' is ignored: it applies to the autoencoder"),
     (["--method", "BP", "--filter_target", "0.2"], "filter_target is ignored with method BP"),
+    (["--method", "BP", "--fused_pair_loss", "1"],  # said once: the script never reads it
+     "fused_pair_loss 1 is ignored: main_class_mlp.py does not use it"),
     (["--flood_threshold", "0.2"], "flood_threshold is ignored while filter_target is 0"),
     (["--warmup_counter", "batch_in_epoch"], "warmup_counter is ignored while warmup is 0"),
 ])

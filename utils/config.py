@@ -140,6 +140,10 @@ KEYS: dict[str, Key] = {
                     "bf16: the training step runs under bfloat16 autocast (matmuls and convolutions "
                     "in bfloat16; parameters, optimizer and evaluation stay float32); float32: as released",
                     default="float32", choices=("float32", "bf16")),
+    "fused_pair_loss": _k("training", int,
+                          "CNN: 1 computes each layer-pair loss and its gradient in closed form "
+                          "(fewer products and passes over the activations); results differ from 0 "
+                          "in the last bits", default=0, choices=(0, 1)),
 }
 
 
@@ -326,13 +330,16 @@ def build_config(file_values: Mapping[str, Any], overrides: Mapping[str, Any],
     return Config(values)
 
 
-def ignored_settings(config: Config) -> list[str]:
+def ignored_settings(config: Config, unread: tuple[str, ...] = ()) -> list[str]:
     """Values that have no effect in this combination of keys (the released code ignores them
     too): one line each, for a warning. Settings the released configs themselves carry (lr_B
-    with BP, eta_min without a schedule) are not listed: they are inert by design."""
+    with BP, eta_min without a schedule) are not listed: they are inert by design; nor are the
+    `unread` keys, which the script never reads and warns about itself."""
     notes = []
-    if config.method == "BP" and config.filter_target:
+    if config.method == "BP" and config.filter_target and "filter_target" not in unread:
         notes.append("filter_target is ignored with method BP: flooding acts on CCL's layer-pair losses")
+    if config.method == "BP" and config.fused_pair_loss and "fused_pair_loss" not in unread:
+        notes.append("fused_pair_loss is ignored with method BP: it computes CCL's layer-pair losses")
     if not config.filter_target and config.flood_threshold != KEYS["flood_threshold"].default:
         notes.append("flood_threshold is ignored while filter_target is 0 (flooding off)")
     if not config.warmup and config.warmup_counter != KEYS["warmup_counter"].default:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 
+from ccl.acceleration import SPEED_KEYS
 from ccl.bench import report
 from ccl.bench.cases import ARCHITECTURES
 from ccl.bench.epoch import benchmark_epoch, compare_pipelines, load_mnist
@@ -55,12 +56,13 @@ def build_parser() -> argparse.ArgumentParser:
                        help="time whole training epochs of CONFIG (e.g. yaml/cnn/cifar10_ccl.yaml) on "
                             "synthetic data of the dataset's size held on the device")
     other.add_argument("--numerics", action="store_true",
-                       help="how far --compile 1 and/or --precision bf16 move the numbers: a few CCL "
-                            "steps of each of --archs against the default float32 step")
+                       help="how far the speed-ups chosen (--compile 1, --precision bf16, "
+                            "--fused_pair_loss 1) move the numbers: a few CCL steps of each of "
+                            "--archs against the default float32 step")
     parser.add_argument("--epochs", type=int, default=2,
                         help="epochs of --epoch and of the pipeline comparison (default 2: the first "
                              "includes the warm-up)")
-    for name in ("compile", "precision"):
+    for name in SPEED_KEYS:
         key = KEYS[name]
         parser.add_argument(f"--{name}", type=key.type, choices=key.choices, default=key.default,
                             help=f"config key set in every run: {key.help}")
@@ -84,9 +86,9 @@ def check(args: argparse.Namespace) -> None:
     mode = "--epoch" if args.epoch else "--numerics" if args.numerics else None
     if mode and given:
         raise ConfigError(f"{', '.join('--' + n for n in given)} do not apply to {mode}")
-    if args.numerics and not args.compile and args.precision == "float32":
-        raise ConfigError("--numerics compares the speed-ups with the default step: add --compile 1 "
-                          "and/or --precision bf16")
+    if args.numerics and all(getattr(args, name) == KEYS[name].default for name in SPEED_KEYS):
+        raise ConfigError("--numerics compares the speed-ups with the default step: add one or more "
+                          "of --compile 1, --precision bf16, --fused_pair_loss 1")
     for name, default in DEFAULTS.items():
         if getattr(args, name) is None:
             setattr(args, name, default)
@@ -96,7 +98,7 @@ def run(args: argparse.Namespace) -> dict:
     device = torch.device(resolve_device(args.device))
     if args.threads:
         torch.set_num_threads(args.threads)
-    speed_keys = {"compile": args.compile, "precision": args.precision}
+    speed_keys = {name: getattr(args, name) for name in SPEED_KEYS}
     if args.quick:
         overrides = {**speed_keys, "batchsize": QUICK_BATCH}
         settings = Settings(repeats=1, steps=QUICK_STEPS, warmup=1, overrides=overrides, profile=args.profile)

@@ -9,6 +9,7 @@ from itertools import islice
 
 import torch
 
+from ccl.acceleration import without_speed_ups
 from ccl.bench.cases import ARCHITECTURES, build_case, load_config, synthetic_splits
 
 STEPS = 10
@@ -51,7 +52,7 @@ def difference(reference: Trajectory, other: Trajectory) -> dict[str, float]:
 def compare(arch: str, overrides: dict, device, steps: int) -> dict:
     """The architecture's CCL config with `overrides` (the speed-ups) against the default step."""
     config, script = load_config(ARCHITECTURES[arch], {**overrides, "method": "CCL"})
-    default = config.replace(compile=0, precision="float32")
+    default = without_speed_ups(config)
     batch = config.batchsize
     splits = synthetic_splits(config.dataset, (steps * batch, batch, batch), device)
     reference = train(default, script, splits, device, steps)
