@@ -101,12 +101,12 @@ class _FusedCnnPairLoss(torch.autograd.Function):
         aa = (aa + aa.T) * (2 * loss_scale_ssl / aa.numel()) * grad_loss
         bb = (bb + bb.T) * (2 * loss_scale_ssl / bb.numel()) * grad_loss
 
-        def product(coef_a, coef_b, like):  # coef_a @ (inv_a * a) + coef_b @ (inv_b * b)
-            return ((coef_a * inv_a).to(like.dtype).mm(a.to(like.dtype))
-                    .addmm_((coef_b * inv_b).to(like.dtype), b.to(like.dtype)))
+        def product(coef_a, coef_b, dtype):  # coef_a @ (inv_a * a) + coef_b @ (inv_b * b)
+            return ((coef_a * inv_a).to(dtype).mm(a.to(dtype))
+                    .addmm_((coef_b * inv_b).to(dtype), b.to(dtype)))
 
-        return (_through_normalisation(product(aa, ab, a), a, norm_a, inv_a),
-                _through_normalisation(product(ab.T, bb, b), b, norm_b, inv_b), None, None, None)
+        return (_through_normalisation(product(aa, ab, a.dtype), a, norm_a, inv_a),
+                _through_normalisation(product(ab.T, bb, b.dtype), b, norm_b, inv_b), None, None, None)
 
 
 def _through_normalisation(grad_unit: torch.Tensor, x: torch.Tensor, norm: torch.Tensor,
