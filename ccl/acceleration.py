@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 import torch
 
-from utils.config import KEYS
+from ccl.config import KEYS
 from utils.errors import ConfigError
 
 LossFunction = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -49,18 +49,18 @@ def _compile_problem(device: torch.device) -> str | None:
     return None
 
 
-def training_loss(config, model, task, rule) -> LossFunction:
-    """`(inputs, targets) -> loss` of `rule` on `model` and `task`, under the config's precision
+def training_loss(config, model, objective, rule) -> LossFunction:
+    """`(inputs, targets) -> loss` of `rule` on `model` and `objective`, under the config's precision
     and compiled if the config asks. Only the loss is compiled: the optimizer step stays eager,
     so a learning rate that changes never recompiles anything."""
     device_type = next(model.parameters()).device.type
 
     def float32_loss(inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        return rule(model, task, inputs, targets)
+        return rule(model, objective, inputs, targets)
 
     def bf16_loss(inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         with torch.autocast(device_type, dtype=torch.bfloat16):
-            return rule(model, task, inputs, targets)
+            return rule(model, objective, inputs, targets)
 
     loss = bf16_loss if config.precision == "bf16" else float32_loss
     if not config.compile:

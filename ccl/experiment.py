@@ -1,11 +1,12 @@
 """From a command line to a finished run: what the three entry scripts share.
 
-An entry script declares a `Script` (which task, architectures and datasets it accepts, how it
-batches data and builds its task) and calls `main(script)`.
+An entry script's declaration (a `Script`, in ccl/scripts.py) says which task, architectures and
+datasets it accepts, how it batches data and which objective it trains. `main(script)` parses
+the command line, takes the run directory, `build`s the experiment and trains it. The
+benchmark builds its cases with the same `build`.
 """
 from __future__ import annotations
 
-import shutil
 import signal
 import sys
 from collections.abc import Callable, Mapping, Sequence
@@ -16,17 +17,19 @@ from typing import Any
 import torch
 
 from ccl.acceleration import check_supported
+from ccl.cli import RunOptions, parse_command_line
+from ccl.config import KEYS, Config, config_yaml, ignored_settings
 from ccl.rules import RULES
-from ccl.trainer import CHECKPOINT, RESULTS, Diverged, Interrupted, Loaders, Trainer
+from ccl.run_dir import CHECKPOINT, DIVERGED, FINISHED, RunDir, RunDirError
+from ccl.trainer import Diverged, Interrupted, Trainer
 from models import build_model
-from utils.cli import RunOptions, parse_command_line
-from utils.config import KEYS, Config, config_yaml, ignored_settings
+from models.network import DualNetwork
 from utils.data import SOURCE_OF, SOURCES, Splits, load_splits
 from utils.data.recipes import Data
 from utils.errors import ConfigError, UserError
-from utils.io import write_json, write_text
+from utils.io import WriteError
 from utils.provenance import provenance
-from utils.seed import set_seed
+from utils.seed import deterministic_kernels, is_nondeterminism_error, set_seed
 
 EXIT_DIVERGED = 3
 
@@ -39,12 +42,16 @@ class Script:
     architectures: tuple[str, ...]
     datasets: tuple[str, ...]
     make_data: Callable[[Config, Splits], Data]
-    make_task: Callable[[Config, int], Any]
+    make_objective: Callable[[Config, int], Any]
     defaults: Mapping[str, Any] = field(default_factory=dict)
     check: Callable[[Config], None] = lambda config: None
-    ignored: tuple[str, ...] = ()  # keys the script never reads (a non-default value is warned about)
+    ignored: tuple[str, ...] = ()  # keys the script never reads (a value not their default is warned about)
     # called with (model holding the best weights, data, run directory) once a run is tested
     report: Callable[[torch.nn.Module, Data, Path], None] | None = None
+
+    def default(self, name: str) -> Any:
+        """The value a key takes when a config leaves it out."""
+        return self.defaults.get(name, KEYS[name].default)
 
     def validate(self, config: Config) -> None:
         """The combinations the released script rejects, or would silently get wrong."""
@@ -68,11 +75,32 @@ class Script:
     def warnings(self, config: Config) -> list[str]:
         """Settings the run ignores, as the released script does: one line each."""
         notes = [f"{name} {getattr(config, name)!r} is ignored: {self.prog} does not use it"
-                 for name in self.ignored if getattr(config, name) != KEYS[name].default]
+                 for name in self.ignored if getattr(config, name) != self.default(name)]
         if self.task == "classification" and config.task_transform not in (None, "none"):
             notes.append(f"task_transform {config.task_transform!r} is ignored: it applies to the "
                          f"autoencoder (main_ae.py) only")
         return notes + ignored_settings(config, unread=self.ignored)
+
+
+@dataclass
+class Experiment:
+    """A config made ready to train: its batches, network, objective and learning rule."""
+
+    config: Config
+    data: Data
+    model: DualNetwork
+    objective: Any
+    rule: Callable
+
+
+def build(script: Script, config: Config, splits: Splits, device) -> Experiment:
+    """The data, model and objective of `config` on `device`, the model initialised from the
+    config's seed. Every run, and every case of the benchmark, is built here."""
+    set_seed(config.seed)
+    data = script.make_data(config, splits)
+    model = build_model(config, data.input_shape, data.num_classes).to(device)
+    return Experiment(config, data, model, script.make_objective(config, data.num_classes),
+                      RULES[config.method])
 
 
 def main(script: Script, argv: Sequence[str] | None = None) -> int:
@@ -93,96 +121,89 @@ def main(script: Script, argv: Sequence[str] | None = None) -> int:
         return 128 + signal.SIGINT
 
 
-def open_run_dir(options: RunOptions) -> Path:
-    """The run directory, created; an existing run is continued (--resume), deleted
-    (--overwrite) or left alone (an error)."""
-    run_dir = Path(options.out_dir)
-    if options.resume:
-        return run_dir
-    if run_dir.exists() and not run_dir.is_dir():
-        raise ConfigError(f"run directory {run_dir} is a file; choose another --out_dir")
-    if run_dir.exists() and any(run_dir.iterdir()):
-        if not options.overwrite:
-            raise ConfigError(f"run directory {run_dir} already exists: pass --resume {run_dir} to "
-                              f"continue it, --overwrite to start it again, or --out_dir elsewhere")
-        if not (run_dir / "config.yaml").is_file():
-            raise ConfigError(f"--overwrite deletes run directories only, and {run_dir} has no "
-                              f"config.yaml: choose another --out_dir")
-        shutil.rmtree(run_dir)
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise ConfigError(f"cannot create the run directory {run_dir}: {error}") from None
-    return run_dir
-
-
-def load_checkpoint(run_dir: Path, config: Config) -> dict | None:
-    """The checkpoint of the run in `run_dir` (None before its first epoch ended), on the CPU.
-    Its config must be the run's: a changed config.yaml would silently change the run."""
-    path = run_dir / CHECKPOINT
-    if not path.is_file():
-        return None
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # noqa: BLE001  (any unpickling failure means the same thing)
-        raise UserError(f"{path} cannot be read ({type(error).__name__}: {error}); the run cannot "
-                        f"be continued: start it again with --overwrite") from None
-    if not isinstance(state, dict) or not isinstance(state.get("config"), dict):
-        raise UserError(f"{path} is not a checkpoint of this project; start the run again with "
-                        f"--overwrite")
-    changed = {name: (value, getattr(config, name)) for name, value in state["config"].items()
-               if name in KEYS and value != getattr(config, name)}
-    if changed:
-        edits = ", ".join(f"{name} {old!r} -> {new!r}" for name, (old, new) in changed.items())
-        raise ConfigError(f"{run_dir / 'config.yaml'} was changed after the run started ({edits}); "
-                          f"a run keeps its config: undo the change, or start a new run with "
-                          f"--yaml and another --out_dir")
-    return state
-
-
-def resume(trainer: Trainer, checkpoint: dict | None, prog: str) -> None:
-    """Put the trainer where the checkpoint left the run (nowhere to go: start from scratch)."""
-    run_dir = trainer.run_dir
-    if checkpoint is None:
-        print(f"resuming {run_dir}: no epoch had finished, so it starts from the beginning")
-        return
-    try:
-        trainer.restore(checkpoint)
-    except (KeyError, RuntimeError, ValueError, TypeError) as error:
-        raise UserError(f"{run_dir / CHECKPOINT} does not fit this run or this version of the code "
-                        f"({type(error).__name__}: {error}); start the run again with --overwrite") from None
-    print(f"resuming {run_dir} {_position(trainer)}")
-    threads = checkpoint.get("cpu_threads", torch.get_num_threads())
-    if trainer.device.type == "cpu" and threads != torch.get_num_threads():
-        print(f"{prog}: warning: the run used {threads} CPU threads and now has "
-              f"{torch.get_num_threads()}: its numbers may differ in the last digits from an "
-              f"uninterrupted run (set OMP_NUM_THREADS={threads} to match)", file=sys.stderr)
-
-
 def run(script: Script, config: Config, options: RunOptions) -> int:
-    run_dir = open_run_dir(options)
-    checkpoint = load_checkpoint(run_dir, config) if options.resume else None
-    if not options.resume:
-        write_text(run_dir / "config.yaml", config_yaml(config, {"script": script.prog, **options.as_dict()}))
+    run_dir = RunDir(options.out_dir)
+    with run_dir.locked():
+        if options.resume:
+            return train(script, config, options, run_dir, run_dir.load_checkpoint(config))
+        repeated = start_afresh(script, config, options, run_dir)
+        if repeated is not None:
+            return repeated
+        return train(script, config, options, run_dir, checkpoint=None)
+
+
+def start_afresh(script: Script, config: Config, options: RunOptions, run_dir: RunDir) -> int | None:
+    """Make the (locked) run directory ready for a new run and write its config. A command that
+    repeats a run which has ended trains nothing: its outcome is printed and its exit code
+    returned."""
+    if not run_dir.is_empty():
+        if options.overwrite or not run_dir.has_progress():
+            run_dir.clear()  # refused unless it is a run directory holding only our files
+        elif not _same_run(run_dir, script, config):
+            raise RunDirError(f"run directory {run_dir} holds another run: pass --overwrite to "
+                              f"replace it, or choose another --out_dir")
+        elif (results := run_dir.read_results()) is not None:
+            return _repeated(script, run_dir, results)
+        else:
+            raise RunDirError(f"run directory {run_dir} holds this run, stopped before it finished: "
+                              f"continue it with `python {script.prog} --resume {run_dir}`, or pass "
+                              f"--overwrite to start it again")
+    run_dir.write_config(config_yaml(config, {"script": script.prog, **options.as_dict()}))
+    return None
+
+
+def _same_run(run_dir: RunDir, script: Script, config: Config) -> bool:
+    saved, run = run_dir.project_run_config()
+    return saved == config and run.get("script") == script.prog
+
+
+def _repeated(script: Script, run_dir: RunDir, results: dict) -> int:
+    if results["status"] == FINISHED:
+        print(result_line(results, run_dir))
+        print(f"{script.prog}: this run had already finished; pass --overwrite to train it again")
+        return 0
+    print(f"{script.prog}: this run diverged ({results.get('diverged')} at step "
+          f"{results.get('diverged_at_step')}); its results are in {run_dir}. Pass --overwrite to "
+          f"train it again, with lower learning rates for another outcome", file=sys.stderr)
+    return EXIT_DIVERGED
+
+
+def result_line(results: dict, run_dir: RunDir) -> str:
+    return (" ".join(f"{k} {v:.4g}" for k, v in results.items() if k.startswith("test_"))
+            + f"  (best epoch {results['best_epoch']}, {results['wall_seconds']:.0f}s) -> {run_dir}")
+
+
+def train(script: Script, config: Config, options: RunOptions, run_dir: RunDir,
+          checkpoint: dict | None) -> int:
+    with deterministic_kernels(config.deterministic):
+        try:
+            return _train(script, config, options, run_dir, checkpoint)
+        except RuntimeError as error:
+            if not (config.deterministic and is_nondeterminism_error(error)):
+                raise
+            raise ConfigError(f"deterministic 1: {str(error).splitlines()[0]} Set deterministic: 0 "
+                              f"to train with it (the run is then reproducible on the CPU only)") from None
+
+
+def _train(script: Script, config: Config, options: RunOptions, run_dir: RunDir,
+           checkpoint: dict | None) -> int:
     device = torch.device(options.device)
-    set_seed(config.seed)
-    data = script.make_data(config, load_splits(config.dataset, options.data_root, config.seed).to(device))
-    model = build_model(config, data.input_shape, data.num_classes).to(device)
-    trainer = Trainer(config, model, script.make_task(config, data.num_classes), RULES[config.method],
-                      Loaders(data.train, data.val, data.test), run_dir)
+    splits = load_splits(config.dataset, options.data_root, config.seed).to(device)
+    experiment = build(script, config, splits, device)
+    trainer = Trainer(experiment, run_dir)
     if options.resume:
         resume(trainer, checkpoint, script.prog)
-    (run_dir / RESULTS).unlink(missing_ok=True)  # the run is in progress again
+    run_dir.remove_results()  # the run is in progress again
     identity = {"seed": config.seed, "method": config.method, "dataset": config.dataset,
                 "config": str(options.yaml) if options.yaml else None,
                 "epochs_planned": config.epochs, **provenance(device)}
     try:
         results = trainer.fit()
     except Diverged as error:
-        write_json(run_dir / RESULTS, {"status": "diverged", "diverged": error.what,
-                                       "diverged_at_step": error.step,
-                                       "diverged_in_epoch": trainer.progress.epoch + 1,
-                                       **trainer.best_so_far(), **identity})
+        run_dir.write_results({"status": DIVERGED, "diverged": error.what,
+                               "diverged_at_step": error.step,
+                               "diverged_in_epoch": trainer.progress.epoch + 1,
+                               **trainer.best_so_far(), **identity})
         kept = (f"the best model so far (epoch {trainer.best['epoch']}) is kept in {run_dir}"
                 if trainer.best else "no epoch had finished, so there is no model to keep")
         print(f"{script.prog}: error: training diverged: {error} (epoch {trainer.progress.epoch + 1}); "
@@ -197,13 +218,38 @@ def run(script: Script, config: Config, options: RunOptions) -> int:
         print(f"\n{script.prog}: stopped at once; resume from the last checkpoint with:\n"
               f"  python {script.prog} --resume {run_dir}", file=sys.stderr)
         return 128 + signal.SIGINT
+    except WriteError as error:
+        then = (f"; then continue the run with:\n  python {script.prog} --resume {run_dir}"
+                if (run_dir / CHECKPOINT).is_file() else "")
+        raise WriteError(f"{error}{then}") from None
     results = {**results, **identity}
-    write_json(run_dir / RESULTS, results)
+    run_dir.write_results(results)
     if script.report is not None:
-        script.report(model, data, run_dir)
-    print(" ".join(f"{k} {v:.4g}" for k, v in results.items() if k.startswith("test_"))
-          + f"  (best epoch {results['best_epoch']}, {results['wall_seconds']:.0f}s) -> {run_dir}")
+        script.report(experiment.model, experiment.data, run_dir.path)
+    print(result_line(results, run_dir))
     return 0
+
+
+def resume(trainer: Trainer, checkpoint: dict | None, prog: str) -> None:
+    """Put the trainer where the checkpoint left the run (nowhere to go: start from scratch)."""
+    run_dir = trainer.run_dir
+    if checkpoint is None:
+        print(f"resuming {run_dir}: no epoch had finished, so it starts from the beginning")
+        return
+    try:
+        trainer.restore(checkpoint)
+    except (KeyError, RuntimeError, ValueError, TypeError) as error:
+        raise UserError(f"{run_dir / CHECKPOINT} was written by another version of this code or "
+                        f"for another run ({type(error).__name__}: {error}); it is left as it is. "
+                        f"Continue with the code that wrote it, or start the run again with "
+                        f"--overwrite") from None
+    trainer.rewrite_views()
+    print(f"resuming {run_dir} {_position(trainer)}")
+    threads = checkpoint.get("cpu_threads", torch.get_num_threads())
+    if trainer.device.type == "cpu" and threads != torch.get_num_threads():
+        print(f"{prog}: warning: the run used {threads} CPU threads and now has "
+              f"{torch.get_num_threads()}: its numbers may differ in the last digits from an "
+              f"uninterrupted run (set OMP_NUM_THREADS={threads} to match)", file=sys.stderr)
 
 
 def _position(trainer: Trainer) -> str:
@@ -211,5 +257,5 @@ def _position(trainer: Trainer) -> str:
     progress, epochs = trainer.progress, trainer.config.epochs
     if progress.batch == 0:
         return f"after epoch {progress.epoch} of {epochs}"
-    batches = len(trainer.loaders.train)
+    batches = len(trainer.data.train)
     return f"in epoch {progress.epoch + 1} of {epochs}, after batch {progress.batch} of {batches}"

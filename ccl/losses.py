@@ -1,4 +1,4 @@
-"""The layer-pair losses of CCL (SPEC section 5 and 6).
+"""The layer-pair losses of CCL (docs/ALGORITHM.md section 5 and 6).
 
 A pair loss compares the forward activations A of a layer (N samples) with the feedback
 signals B of the same layer. For classification B has one row per class (the feedback

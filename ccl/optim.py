@@ -1,5 +1,5 @@
-"""The update shared by both rules: two SGD optimizers (forward and feedback parameters) and
-what the released code does between the loss and the step (SPEC section 7)."""
+"""The update shared by every rule: two SGD optimizers (forward and feedback parameters) and
+what the released code does between the loss and the step (docs/ALGORITHM.md section 7)."""
 from __future__ import annotations
 
 import torch
@@ -20,10 +20,15 @@ def centralise_gradients(parameters) -> None:
 
 
 class DualOptimizer:
-    """Per step: warm-up scaling of the loss, backward, gradient centralisation, separate
-    clipping of the forward and feedback gradients, both SGD steps. Per epoch: cosine decay.
+    """Two SGDs, one for the forward and one for the feedback parameters, and what the
+    released code does around them. The training step reads
 
-    `steps_taken` counts optimizer steps over the whole run; warm-up reads it.
+        loss = rule(model, objective, inputs, targets)
+        optimizer.warmup_scaled(loss, batch_in_epoch).backward()
+        optimizer.step()      # centralise, clip each network's gradients, both SGD steps
+
+    and `end_epoch()` steps the cosine schedules. `steps_taken` counts optimizer steps over
+    the whole run; warm-up reads it.
     """
 
     def __init__(self, model: DualNetwork, config):
@@ -52,16 +57,12 @@ class DualOptimizer:
         counter = batch_in_epoch if self.warmup_per_epoch else self.steps_taken
         return (counter + 1) / self.warmup
 
-    def step(self, loss: torch.Tensor, batch_in_epoch: int = 0) -> None:
-        self.backward(loss, batch_in_epoch)
-        self.update()
-
-    def backward(self, loss: torch.Tensor, batch_in_epoch: int = 0) -> None:
-        """The gradients of the warm-up-scaled loss."""
+    def warmup_scaled(self, loss: torch.Tensor, batch_in_epoch: int = 0) -> torch.Tensor:
+        """The loss whose gradients this step applies: scaled down during the warm-up."""
         factor = self.warmup_factor(batch_in_epoch)
-        (loss if factor == 1.0 else loss * factor).backward()  # x * 1.0 is x: skip the kernels
+        return loss if factor == 1.0 else loss * factor  # x * 1.0 is x: skip the kernel
 
-    def update(self) -> None:
+    def step(self) -> None:
         """Centralise, clip, step both SGDs and clear the gradients."""
         if self.centralise:
             centralise_gradients(self.forward_params + self.feedback_params)

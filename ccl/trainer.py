@@ -1,18 +1,11 @@
-"""The training loop shared by every entry script, rule and task.
+"""The training loop shared by every entry script, rule and objective.
 
 Per epoch: train, validate, keep the best model (lowest validation loss), step the cosine
-schedule, checkpoint. At the end: test the best model. The run directory holds
-
-    config.yaml     the resolved config and how the run was started
-    metrics.jsonl   one line per finished epoch
-    checkpoint.pt   everything needed to continue exactly (written every epoch and on a stop)
-    best.pt         the weights of the best epoch so far
-    results.json    the final (or diverged) outcome
-
-Every write is atomic, and checkpoint.pt is written first: metrics.jsonl and best.pt are views
-of it that a resumed run rewrites, so a kill between two writes loses nothing. The step never
-waits for the device: the losses stay on the device and are read every few steps, to check
-for divergence and add them up.
+schedule, checkpoint. At the end: test the best model. What the loop writes, and how, is the
+run directory's (ccl/run_dir.py): checkpoint.pt is written first, and metrics.jsonl and best.pt
+are views of it that a resumed run rewrites, so a kill between two writes loses nothing. The
+step never waits for the device: the losses stay on the device and are read every few steps,
+to check for divergence and add them up.
 """
 from __future__ import annotations
 
@@ -21,17 +14,15 @@ import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
 from ccl.acceleration import training_loss
 from ccl.optim import DualOptimizer
-from utils.io import save_torch, write_jsonl
+from ccl.run_dir import RunDir
 from utils.seed import restore_rng_states, rng_states
 
-CHECKPOINT, BEST, METRICS, RESULTS = "checkpoint.pt", "best.pt", "metrics.jsonl", "results.json"
 DIVERGENCE_CHECK_EVERY = 50  # steps between reads of the device-side divergence flag
 
 
@@ -108,13 +99,6 @@ class StopRequests:
 
 
 @dataclass
-class Loaders:
-    train: object
-    val: object
-    test: object
-
-
-@dataclass
 class Progress:
     """Where the run stands: the epoch in progress and how much of it is done."""
 
@@ -127,17 +111,16 @@ class Progress:
 
 
 class Trainer:
-    def __init__(self, config, model, task, rule: Callable, loaders: Loaders, run_dir: Path,
-                 log: Callable[[str], None] = print):
-        self.config = config
-        self.model = model
-        self.task = task
-        self.training_loss = training_loss(config, model, task, rule)
-        self.loaders = loaders
-        self.run_dir = Path(run_dir)
+    def __init__(self, experiment, run_dir: RunDir, log: Callable[[str], None] = print):
+        self.config = experiment.config
+        self.model = experiment.model
+        self.objective = experiment.objective
+        self.data = experiment.data
+        self.training_loss = training_loss(self.config, self.model, self.objective, experiment.rule)
+        self.run_dir = run_dir
         self.log = log
-        self.device = next(model.parameters()).device
-        self.optimizer = DualOptimizer(model, config)
+        self.device = next(self.model.parameters()).device
+        self.optimizer = DualOptimizer(self.model, self.config)
         self.progress = Progress()
         self.history: list[dict] = []
         self.best: dict | None = None
@@ -152,27 +135,27 @@ class Trainer:
                 "config": self.config.as_dict(),
                 "cpu_threads": torch.get_num_threads()}  # CPU sums depend on the thread count
 
-    def save_checkpoint(self) -> None:
-        save_torch(self.run_dir / CHECKPOINT, self.checkpoint())
-
     def restore(self, state: dict) -> None:
-        """Continue from a checkpoint (loaded on the CPU), and bring the run directory's other
-        files back in line with it."""
+        """Continue from a checkpoint (loaded on the CPU)."""
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.progress = Progress(**state["progress"])
         self.history, self.best = state["history"], state["best"]
         self.wall_seconds = state["wall_seconds"]
         restore_rng_states(state["rng"])
+
+    def rewrite_views(self) -> None:
+        """Bring metrics.jsonl and best.pt back in line with the restored checkpoint (a kill may
+        have come between the checkpoint's write and theirs)."""
         at_best_epoch = (self.best is not None and self.progress.batch == 0
                          and self.best["epoch"] == self.progress.epoch)
         self._write_views(new_best=at_best_epoch)
 
     def _write_views(self, new_best: bool) -> None:
         """metrics.jsonl, and best.pt when the model just became the best."""
-        write_jsonl(self.run_dir / METRICS, self.history)
+        self.run_dir.write_metrics(self.history)
         if new_best:
-            save_torch(self.run_dir / BEST, self.model.state_dict())
+            self.run_dir.save_best(self.model.state_dict())
 
     # --- training --------------------------------------------------------------------------
     def fit(self) -> dict:
@@ -190,7 +173,7 @@ class Trainer:
         return self._test_best()
 
     def _train_epoch(self) -> None:
-        progress, loader = self.progress, self.loaders.train
+        progress, loader = self.progress, self.data.train
         self.model.train()
         monitor = DivergenceMonitor(self.optimizer.steps_taken, progress.loss_sum)
         started = time.perf_counter()
@@ -199,7 +182,8 @@ class Trainer:
                    desc=f"epoch {progress.epoch + 1}/{self.config.epochs}", dynamic_ncols=True)
         for inputs, targets in bar:
             loss = self.training_loss(inputs, targets)
-            self.optimizer.step(loss, batch_in_epoch=progress.batch)
+            self.optimizer.warmup_scaled(loss, progress.batch).backward()
+            self.optimizer.step()
             monitor.observe(loss, len(targets))
             progress.batch += 1
             progress.samples += len(targets)
@@ -211,7 +195,7 @@ class Trainer:
                 progress.loss_sum = monitor.loss_sum
                 progress.seconds += time.perf_counter() - started
                 progress.augment_state = loader.generator.get_state()
-                self.save_checkpoint()
+                self.run_dir.save_checkpoint(self.checkpoint())
                 raise Interrupted(self.stop.signal_number)
         monitor.raise_if_diverged()
         self._raise_if_parameters_diverged()
@@ -226,8 +210,8 @@ class Trainer:
     def _finish_epoch(self) -> None:
         progress = self.progress
         started = time.perf_counter()
-        val = self.evaluate(self.loaders.val)
-        criterion = self.task.metric_names[0]
+        val = self.evaluate(self.data.val)
+        criterion = self.objective.metric_names[0]
         if not math.isfinite(val[criterion]):  # finite weights whose outputs overflow
             raise Diverged(self.optimizer.steps_taken, what=f"validation {criterion}")
         row = {"epoch": progress.epoch + 1, "step": self.optimizer.steps_taken,
@@ -241,7 +225,7 @@ class Trainer:
             self.best = {"epoch": row["epoch"], **{f"val_{k}": v for k, v in val.items()}}
         self.optimizer.end_epoch()
         self.progress = Progress(epoch=progress.epoch + 1)
-        self.save_checkpoint()
+        self.run_dir.save_checkpoint(self.checkpoint())
         self._write_views(new_best=improved)
         self.log(self._summary(row))
 
@@ -256,16 +240,16 @@ class Trainer:
 
     @torch.no_grad()
     def evaluate(self, loader) -> dict[str, float]:
-        """The task's metrics of the forward network alone over `loader` (eval mode)."""
+        """The objective's metrics of the forward network alone over `loader` (eval mode)."""
         was_training = self.model.training
         self.model.eval()
         sums = None
         for inputs, targets in loader.epoch():
-            batch_sums = self.task.metric_sums(self.model.predict(inputs), targets)
+            batch_sums = self.objective.metric_sums(self.model.predict(inputs), targets)
             sums = batch_sums if sums is None else sums + batch_sums
         self.model.train(was_training)
         values = (sums / loader.num_samples).tolist()
-        return dict(zip(self.task.metric_names, values))
+        return dict(zip(self.objective.metric_names, values))
 
     def best_so_far(self) -> dict:
         """The best epoch and its validation metrics (best_epoch None before the first)."""
@@ -273,9 +257,8 @@ class Trainer:
         return {"best_epoch": best["epoch"], **{k: v for k, v in best.items() if k != "epoch"}}
 
     def _test_best(self) -> dict:
-        self.model.load_state_dict(torch.load(self.run_dir / BEST, map_location=self.device,
-                                              weights_only=True))
-        test = self.evaluate(self.loaders.test)
+        self.model.load_state_dict(self.run_dir.load_best(self.device))
+        test = self.evaluate(self.data.test)
         return {"status": "finished",
                 **{f"test_{name}": value for name, value in test.items()},
                 **self.best_so_far(),

@@ -1,4 +1,4 @@
-"""The STL-10 dual convolutional autoencoder (SPEC section 6).
+"""The STL-10 dual convolutional autoencoder (docs/ALGORITHM.md section 6).
 
 Eight dual layers: an encoder of strided convs 3->128->256->1024->2048 (96->48->24->12->6) and a
 decoder of upsampling convs 2048->1024->256->128->3 (6->12->24->48->96). The forward network

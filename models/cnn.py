@@ -1,4 +1,4 @@
-"""The paper's CNNs (SPEC section 3): five dual conv layers that halve 32x32 input down to 1x1,
+"""The paper's CNNs (docs/ALGORITHM.md section 3): five dual conv layers that halve 32x32 input down to 1x1,
 then a dual linear head on the flattened 512 features.
 
 - `cnn`:      strided convs with biases (`bias_init: zero` starts them at 0)

@@ -1,4 +1,4 @@
-"""Convolutional dual layers (SPEC sections 2, 3 and 6). All use 3x3 kernels with padding 1,
+"""Convolutional dual layers (docs/ALGORITHM.md sections 2, 3 and 6). All use 3x3 kernels with padding 1,
 so every change of resolution is a factor of 2 done by striding, pooling or upsampling."""
 from __future__ import annotations
 

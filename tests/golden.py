@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from ccl.optim import DualOptimizer
 from ccl.rules import ccl_loss
 from models import build_model
-from utils.config import build_config
+from ccl.config import build_config
 
 FIXTURES = Path(__file__).parent / "fixtures"
 RTOL = 1e-4
@@ -80,6 +80,7 @@ def assert_ccl_steps_match(golden: dict, config, model, task) -> None:
             grads = torch.autograd.grad(scaled, list(params.values()), retain_graph=True)
             for (name, _), grad in zip(params.items(), grads):
                 assert_matches_summary(grad, expected["raw_grads"][name], f"grad {name}")
-        optimizer.step(loss)
+        optimizer.warmup_scaled(loss).backward()
+        optimizer.step()
         for name, param in params.items():
             assert_matches_summary(param, expected["params_after"][name], f"step {index} {name}")

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
-import main_class_mlp
+import ccl.experiment as experiment
+from ccl.scripts import MLP
 from conftest import REPO
 
 MLP_YAML = str(REPO / "yaml/mlp/mnist_ccl.yaml")
@@ -32,7 +33,7 @@ def one_thread():
 
 def run_mlp(*args: str) -> int:
     """main_class_mlp.py in this process; returns its exit code."""
-    return main_class_mlp.main(main_class_mlp.SCRIPT, list(args))
+    return experiment.main(MLP, list(args))
 
 
 def start_mlp(checksum_file: Path, *args: str) -> subprocess.Popen:

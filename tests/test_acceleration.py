@@ -11,14 +11,13 @@ import torch
 import torch._inductor.cpp_builder
 import torch.utils._triton
 
-import main_class_cnn
-import main_class_mlp
+from ccl.scripts import CNN, MLP
 from ccl.acceleration import check_supported, training_loss
 from ccl.optim import DualOptimizer
 from ccl.rules import ccl_loss
 from golden import assert_matches_summary, golden_model_and_task, load_fixture
 from runs import MLP_YAML, one_thread, run_mlp  # noqa: F401
-from utils.config import build_config, read_yaml_sections
+from ccl.config import build_config, read_yaml_sections
 from utils.errors import ConfigError
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -80,14 +79,14 @@ def test_compile_without_a_code_generator_is_refused(monkeypatch):
 
 
 @COMPILE_TESTS
-@pytest.mark.parametrize("fixture, script, fused", [("mlp_mnist_ccl.pt", main_class_mlp, 0),
-                                                    ("cnn_cifar10_ccl.pt", main_class_cnn, 0),
-                                                    ("cnn_cifar10_ccl.pt", main_class_cnn, 1)])
+@pytest.mark.parametrize("fixture, script, fused", [("mlp_mnist_ccl.pt", MLP, 0),
+                                                    ("cnn_cifar10_ccl.pt", CNN, 0),
+                                                    ("cnn_cifar10_ccl.pt", CNN, 1)])
 def test_compiled_steps_match_the_released_code(fixture, script, fused):
     golden = load_fixture(fixture)
 
     def make_task(config, num_classes):
-        return script.make_task(config.replace(fused_pair_loss=fused), num_classes)
+        return script.make_objective(config.replace(fused_pair_loss=fused), num_classes)
 
     config, model, task = golden_model_and_task(golden, make_task)
     loss_of = training_loss(config.replace(compile=1), model, task, ccl_loss)
@@ -95,6 +94,7 @@ def test_compiled_steps_match_the_released_code(fixture, script, fused):
     for index, expected in enumerate(golden["steps"]):
         loss = loss_of(golden["x"], golden["y"])
         assert loss.item() == pytest.approx(expected["total_loss"], rel=1e-4)
-        optimizer.step(loss)
+        optimizer.warmup_scaled(loss).backward()
+        optimizer.step()
         for name, param in model.named_parameters():
             assert_matches_summary(param, expected["params_after"][name], f"step {index} {name}")

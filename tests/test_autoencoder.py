@@ -1,4 +1,4 @@
-"""The STL-10 dual autoencoder (SPEC section 6): layers, BN placement, initialisation, shapes at
+"""The STL-10 dual autoencoder (docs/ALGORITHM.md section 6): layers, BN placement, initialisation, shapes at
 96x96, and its pair losses against the released code's numbers."""
 import math
 
@@ -8,13 +8,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from ccl.optim import DualOptimizer
-from ccl.tasks import Reconstruction
+from ccl.objectives import Reconstruction
 from conftest import REPO
 from golden import load_fixture
 from models import ARCHITECTURES, build_model
 from models.autoencoder import build_conv_autoencoder, orthogonal
 from models.conv import DualConv, DualUpConv
-from utils.config import build_config, read_yaml_sections
+from ccl.config import build_config, read_yaml_sections
 
 CHANNELS = [3, 128, 256, 1024, 2048, 1024, 256, 128, 3]
 SIZES = [96, 48, 24, 12, 6, 12, 24, 48, 96]

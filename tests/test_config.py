@@ -15,10 +15,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import ccl.experiment as experiment
-import main_class_mlp
+from ccl.scripts import MLP
 from conftest import REPO
-from utils.cli import build_parser
-from utils.config import KEYS, SECTIONS
+from ccl.cli import build_parser
+from ccl.config import KEYS, SECTIONS
 
 RELEASED = yaml.safe_load((REPO / "yaml/mlp/mnist_ccl.yaml").read_text())
 MLP_YAML = str(REPO / "yaml/mlp/mnist_ccl.yaml")
@@ -39,7 +39,7 @@ def mlp(*argv: str) -> tuple[int, str]:
     """main_class_mlp.py's exit code and stderr for a command line."""
     err = io.StringIO()
     with contextlib.redirect_stderr(err):
-        code = main_class_mlp.main(main_class_mlp.SCRIPT, list(argv))
+        code = experiment.main(MLP, list(argv))
     return code, err.getvalue()
 
 
@@ -185,7 +185,7 @@ def test_ignored_settings_draw_a_warning_and_the_run_goes_on(no_training, argv, 
 
 
 def test_eta_min_above_a_trained_learning_rate_draws_a_warning(no_training):
-    scheduled = replace(main_class_mlp.SCRIPT, check=lambda config: None)  # the MLP forbids tmax
+    scheduled = replace(MLP, check=lambda config: None)  # the MLP forbids tmax
     err = io.StringIO()
     with contextlib.redirect_stderr(err):
         code = experiment.main(scheduled, ["--yaml", MLP_YAML, "--method", "CCL", "--tmax", "10",

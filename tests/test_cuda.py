@@ -10,9 +10,8 @@ import signal
 import pytest
 import torch
 
-import main_ae
-import main_class_cnn
-import main_class_mlp
+import ccl.experiment as experiment
+from ccl.scripts import AUTOENCODER, CNN, cnn_objective, mlp_objective
 from ccl.optim import DualOptimizer
 from ccl.rules import ccl_loss
 from conftest import REPO
@@ -39,13 +38,14 @@ def _parameters_after_golden_steps(golden, make_task, device):
     optimizer = DualOptimizer(model, config)
     x, y = golden["x"].to(device), golden["y"].to(device)
     for step in range(len(golden["steps"])):
-        optimizer.step(ccl_loss(model, task, x, y), batch_in_epoch=step)
+        optimizer.warmup_scaled(ccl_loss(model, task, x, y), batch_in_epoch=step).backward()
+        optimizer.step()
     return {name: p.detach().cpu() for name, p in model.named_parameters()}
 
 
 @pytest.mark.usefixtures("float32_matmuls")
-@pytest.mark.parametrize("fixture, make_task", [("mlp_mnist_ccl.pt", main_class_mlp.make_task),
-                                                ("cnn_cifar10_ccl.pt", main_class_cnn.make_task)])
+@pytest.mark.parametrize("fixture, make_task", [("mlp_mnist_ccl.pt", mlp_objective),
+                                                ("cnn_cifar10_ccl.pt", cnn_objective)])
 def test_ccl_steps_on_cuda_match_the_cpu(fixture, make_task):
     golden = load_fixture(fixture)
     on_cpu = _parameters_after_golden_steps(golden, make_task, "cpu")
@@ -72,7 +72,7 @@ def test_mlp_trains_on_cuda(tiny_mnist, tmp_path, method):
                                     "mnist_ccl"])
 def test_cnn_trains_on_cuda(tiny_cnn_data, tmp_path, config):
     out = tmp_path / "run"
-    assert main_class_cnn.main(main_class_cnn.SCRIPT, [
+    assert experiment.main(CNN, [
         "--yaml", str(REPO / f"yaml/cnn/{config}.yaml"), "--data_root", str(tiny_cnn_data[0]),
         "--out_dir", str(out), *QUICK]) == 0
     _finished_on_cuda(out)
@@ -81,7 +81,7 @@ def test_cnn_trains_on_cuda(tiny_cnn_data, tmp_path, config):
 @pytest.mark.parametrize("config", ["stl10_ccl_legacy", "stl10_bp_legacy"])
 def test_autoencoder_trains_on_cuda(tiny_stl10, tmp_path, config):
     out = tmp_path / "run"
-    assert main_ae.main(main_ae.SCRIPT, [
+    assert experiment.main(AUTOENCODER, [
         "--yaml", str(REPO / f"yaml/cnn_ae/{config}.yaml"), "--data_root", str(tiny_stl10[0]),
         "--out_dir", str(out), *QUICK]) == 0
     assert "test_mse" in _finished_on_cuda(out)

@@ -11,7 +11,7 @@ from PIL import Image
 
 from golden import load_fixture
 from tiny_data import coloured_images
-from utils.config import build_config
+from ccl.config import build_config
 from utils.data import load_splits
 from utils.data.cifar import CHECKSUMS as CIFAR_CHECKSUMS
 from utils.data.cifar import LAYOUT, load_cifar_split

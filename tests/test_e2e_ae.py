@@ -6,12 +6,13 @@ import pytest
 import torch
 from PIL import Image
 
-import main_ae
+import ccl.experiment as experiment
+from ccl.scripts import AUTOENCODER
 import models.autoencoder
 import utils.data.stl10 as stl10
 from conftest import REPO
 from tiny_data import write_stl10
-from utils.cli import parse_command_line
+from ccl.cli import parse_command_line
 from utils.data import load_splits
 from utils.data.recipes import ae_data
 from utils.figures import LABEL_WIDTH, PADDING, RECONSTRUCTIONS, figure_indices, save_reconstructions
@@ -25,7 +26,7 @@ TEST_IMAGES = 4
 
 
 def run_ae(*args) -> int:
-    return main_ae.main(main_ae.SCRIPT, list(args))
+    return experiment.main(AUTOENCODER, list(args))
 
 
 def figure_size(rows: int, images: int = TEST_IMAGES) -> tuple[int, int]:

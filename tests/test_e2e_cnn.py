@@ -8,7 +8,8 @@ import sys
 import pytest
 import yaml
 
-import main_class_cnn
+import ccl.experiment as experiment
+from ccl.scripts import CNN
 from conftest import REPO
 
 CONFIGS = sorted(path.stem for path in (REPO / "yaml/cnn").glob("*.yaml"))
@@ -18,7 +19,7 @@ WITH_RUN_DIRECTORY_TEST = ("cifar10_ccl", "cifar10_bp")
 
 
 def run_cnn(*args) -> int:
-    return main_class_cnn.main(main_class_cnn.SCRIPT, list(args))
+    return experiment.main(CNN, list(args))
 
 
 def test_every_released_config_is_here():

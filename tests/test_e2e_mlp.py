@@ -7,14 +7,15 @@ import sys
 import pytest
 import yaml
 
-import main_class_mlp
+import ccl.experiment as experiment
+from ccl.scripts import MLP
 from conftest import REPO
 
 YAML = str(REPO / "yaml/mlp/mnist_ccl.yaml")
 
 
 def run_mlp(*args) -> int:
-    return main_class_mlp.main(main_class_mlp.SCRIPT, list(args))
+    return experiment.main(MLP, list(args))
 
 
 @pytest.mark.parametrize("config", ["mnist_ccl", "mnist_bp"])

@@ -11,14 +11,13 @@ import torch
 import torch.nn.functional as F
 from torch.nn.utils import clip_grad_norm_
 
-import main_class_cnn
-import main_class_mlp
+from ccl.scripts import CNN, MLP
 from ccl.losses import flooding_keep_mask
 from ccl.optim import DualOptimizer
 from ccl.rules import ccl_loss
 from conftest import REPO
 from models import build_model
-from utils.config import build_config, read_yaml_sections
+from ccl.config import build_config, read_yaml_sections
 
 STEPS = 3
 
@@ -70,11 +69,11 @@ def models_and_data(config, input_shape, batch=4):
 CASES = {
     # the released config (loss_scale_C 0.5: its factor is exact), then one with a scale whose
     # factor rounds, warm-up, momentum, weight decay and centralisation
-    "mlp": ("yaml/mlp/mnist_ccl.yaml", main_class_mlp, (784,), {}),
-    "mlp-rounding": ("yaml/mlp/mnist_ccl.yaml", main_class_mlp, (784,),
+    "mlp": ("yaml/mlp/mnist_ccl.yaml", MLP, (784,), {}),
+    "mlp-rounding": ("yaml/mlp/mnist_ccl.yaml", MLP, (784,),
                      {"loss_scale_C": 0.3, "warmup": 2, "GradC": 1, "mmt_F": 0.5, "mmt_B": 0.5,
                       "wd_F": 1e-4, "wd_B": 1e-4, "filter_target": 1}),
-    "cnn_pool": ("yaml/cnn/cifar10_ccl.yaml", main_class_cnn, (3, 32, 32), {"warmup": 2}),
+    "cnn_pool": ("yaml/cnn/cifar10_ccl.yaml", CNN, (3, 32, 32), {"warmup": 2}),
 }
 
 
@@ -82,7 +81,7 @@ CASES = {
 def test_the_step_leaves_the_parameters_of_the_plain_step(case):
     path, script, input_shape, overrides = CASES[case]
     config = build_config(read_yaml_sections(REPO / path), overrides, {"task": "classification"}, path)
-    task = script.make_task(config, 10)
+    task = script.make_objective(config, 10)
     ours, plain, batches = models_and_data(config, input_shape)
     optimizer = DualOptimizer(ours, config)
     sgds = [torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=decay)
@@ -95,7 +94,8 @@ def test_the_step_leaves_the_parameters_of_the_plain_step(case):
         for step, (x, y) in enumerate(batches):
             loss = ccl_loss(ours, task, x, y)
             assert loss.item() == pytest.approx(released_loss(plain, task, config, x, y).item(), rel=1e-6)
-            optimizer.step(loss)
+            optimizer.warmup_scaled(loss).backward()
+            optimizer.step()
             released_step(plain, task, config, sgds, step, x, y)
     finally:
         torch.set_num_threads(threads)

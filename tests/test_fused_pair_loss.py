@@ -7,7 +7,8 @@ import json
 import pytest
 import torch
 
-import main_class_cnn
+import ccl.experiment as experiment
+from ccl.scripts import CNN, cnn_objective
 from ccl.bench.cases import load_config
 from ccl.losses import cnn_alignment_loss, fused_cnn_alignment_loss
 from conftest import REPO
@@ -55,7 +56,7 @@ def test_golden_cnn_steps_are_reproduced():
     golden = load_fixture("cnn_cifar10_ccl.pt")
 
     def make_task(config, num_classes):
-        return main_class_cnn.make_task(config.replace(fused_pair_loss=1), num_classes)
+        return cnn_objective(config.replace(fused_pair_loss=1), num_classes)
 
     config, model, task = golden_model_and_task(golden, make_task)
     assert task.alignment.func is fused_cnn_alignment_loss
@@ -68,7 +69,7 @@ def test_a_cnn_run_trains_with_it(tiny_cnn_data, tmp_path, precision):
     results = {}
     for fused in ("0", "1"):
         out = tmp_path / fused
-        assert main_class_cnn.main(main_class_cnn.SCRIPT, [
+        assert experiment.main(CNN, [
             "--yaml", str(REPO / "yaml/cnn/mnist_ccl.yaml"), "--data_root", str(data_root),
             "--out_dir", str(out), "--epochs", "1", "--batchsize", "8", "--train_batches_per_epoch", "2",
             "--device", "cpu", "--precision", precision, "--fused_pair_loss", fused]) == 0

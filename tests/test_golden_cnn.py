@@ -5,9 +5,9 @@ import pytest
 import torch
 
 from golden import assert_ccl_steps_match, assert_matches_summary, golden_model_and_task, load_fixture
-from main_class_cnn import make_task
+from ccl.scripts import cnn_objective as make_task
 from models import build_model
-from utils.config import build_config
+from ccl.config import build_config
 
 
 @pytest.fixture(scope="module")

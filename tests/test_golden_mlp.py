@@ -6,9 +6,9 @@ import torch.nn.functional as F
 from ccl.losses import ae_pair_loss, cnn_alignment_loss, flooding_keep_mask, mlp_alignment_loss
 from ccl.optim import DualOptimizer
 from golden import assert_ccl_steps_match, assert_matches_summary, golden_model_and_task, load_fixture
-from main_class_mlp import make_task
+from ccl.scripts import mlp_objective as make_task
 from models import build_model
-from utils.config import build_config
+from ccl.config import build_config
 
 CASES = load_fixture("local_losses.pt")
 

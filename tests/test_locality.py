@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from ccl.rules import bp_loss, ccl_loss
-from main_class_mlp import make_task
+from ccl.scripts import mlp_objective as make_task
 from models import LayerOptions, mlp
-from utils.config import build_config
+from ccl.config import build_config
 from golden import load_fixture
 
 SIZES = [20, 16, 16, 16, 5]

@@ -5,8 +5,8 @@ import re
 import pytest
 
 from conftest import REPO
-from utils.cli import build_parser
-from utils.config import KEYS
+from ccl.cli import build_parser
+from ccl.config import KEYS
 
 README = (REPO / "README.md").read_text()
 DOCUMENTED_FLAGS = set(re.findall(r"`(--[A-Za-z_]+)", README))

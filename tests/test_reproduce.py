@@ -8,7 +8,8 @@ import sys
 
 import pytest
 
-import main_class_mlp
+import ccl.experiment as experiment
+from ccl.scripts import MLP
 from ccl.reproduce.cli import main
 from ccl.reproduce.paper import TABLES
 from ccl.reproduce.table import collect, markdown, table_rows, write_tables
@@ -66,7 +67,7 @@ def test_resumes_an_interrupted_run(runner, tiny_mnist, tmp_path, monkeypatch, c
         finish_epoch(self)
         self.stop.signal_number = signal.SIGTERM
     monkeypatch.setattr(Trainer, "_finish_epoch", finish_epoch_then_sigterm)
-    assert main_class_mlp.main(main_class_mlp.SCRIPT, [
+    assert experiment.main(MLP, [
         "--yaml", YAML, "--seed", "1", "--epochs", "2", "--out_dir", str(run_dir),
         "--data_root", str(tiny_mnist[0])]) == 128 + signal.SIGTERM
     assert (run_dir / "checkpoint.pt").is_file() and not (run_dir / "results.json").exists()
@@ -103,7 +104,7 @@ def test_a_ctrl_c_reaches_the_runs_as_sigterm_and_nothing_new_starts(tmp_path, c
 def write_results(root, setting, seed, **results):
     path = root / setting / f"seed{seed}/results.json"
     path.parent.mkdir(parents=True)
-    path.write_text(json.dumps({"status": "finished", "wall_seconds": 60.0, **results}))
+    path.write_text(json.dumps({"status": "finished", "wall_seconds": 60.0, "best_epoch": 1, **results}))
 
 
 @pytest.fixture
@@ -114,8 +115,9 @@ def synthetic_runs(tmp_path):
     write_results(root, "mlp/mnist_ccl-epochs=1", 0, test_acc=0.87)
     write_results(root, "mlp/mnist_bp", 0, test_acc=0.9834)  # n = 1: +0.15 against paper's 0.10
     write_results(root, "mlp/mnist_bp", 1, status="diverged")
-    write_results(root, "cnn_ae/stl10_ccl_legacy", 0, test_mse=0.0087)
-    write_results(root, "cnn_ae/stl10_ccl_legacy", 1, test_mse=0.0089)
+    released = "cnn_ae/stl10_ccl_legacy-warmup_counter=batch_in_epoch"  # the released procedure
+    write_results(root, released, 0, test_mse=0.0087)
+    write_results(root, released, 1, test_mse=0.0089)
     write_results(root, "cnn/mnist_ccl", 0, test_acc=0.99, dataset="MNIST_CNN", method="CCL")
     return root
 
@@ -147,18 +149,29 @@ def test_mean_sample_std_n_and_flag(synthetic_runs):
 
     other = rows_by_config("table3", synthetic_runs)["cnn/mnist_ccl", ""]
     assert other.target is None and other.dataset == "MNIST_CNN" and not other.flagged
+    assert other.procedure == "fixed"  # its directory does not name the released warm-up counter
+
+
+def test_a_row_says_which_procedure_ran(synthetic_runs):
+    write_results(synthetic_runs, "cnn_ae/stl10_ccl_legacy", 0, test_mse=0.0090)  # our defaults
+    write_results(synthetic_runs, "cnn_ae/stl10_ccl_legacy-epochs=2-warmup_counter=batch_in_epoch", 0,
+                  test_mse=0.02)
+    rows = [(row.procedure, row.overrides, row.n)
+            for row in table_rows(TABLES["autoencoder"], collect(synthetic_runs))
+            if row.config == "cnn_ae/stl10_ccl_legacy"]
+    assert rows == [("released", "", 2), ("released", "epochs=2", 1), ("fixed", "", 1)]
 
 
 def test_markdown_rows(synthetic_runs):
     text = markdown(TABLES["table1"], table_rows(TABLES["table1"], collect(synthetic_runs)))
     lines = text.splitlines()
     assert lines[0] == "### Table 1: MLP test accuracy (%)"
-    assert "| MNIST | CCL | mlp/mnist_ccl | 98.00 +- 1.00 (n=3) | 98.13 +- 0.10 | -0.13 |  | 60 s |" in lines
-    assert "| MNIST | CCL | mlp/mnist_ccl (epochs=1) | 87.00 (n=1) | 98.13 +- 0.10 | -11.13 | yes | 60 s |" in lines
-    assert "| MNIST | BP | mlp/mnist_bp | 98.34 (n=1, 1 diverged) | 98.19 +- 0.10 | +0.15 | yes | 60 s |" in lines
-    assert "| CIFAR100 | CCL | mlp/cifar100_ccl | no runs | 21.76 +- 0.22 |  |  |  |" in lines
+    assert "| MNIST | CCL | mlp/mnist_ccl | both | 98.00 +- 1.00 (n=3) | 98.13 +- 0.10 | -0.13 |  | 60 s |" in lines
+    assert "| MNIST | CCL | mlp/mnist_ccl (epochs=1) | both | 87.00 (n=1) | 98.13 +- 0.10 | -11.13 | yes | 60 s |" in lines
+    assert "| MNIST | BP | mlp/mnist_bp | both | 98.34 (n=1, 1 diverged) | 98.19 +- 0.10 | +0.15 | yes | 60 s |" in lines
+    assert "| CIFAR100 | CCL | mlp/cifar100_ccl | both | no runs | 21.76 +- 0.22 |  |  |  |" in lines
     ae = markdown(TABLES["autoencoder"], table_rows(TABLES["autoencoder"], collect(synthetic_runs)))
-    assert "| STL10 | CCL | cnn_ae/stl10_ccl_legacy | 0.0088 +- 0.0001 (n=2) | 0.0086 +- 0.0001 | +0.0002 | yes | 60 s |" in ae
+    assert "| STL10 | CCL | cnn_ae/stl10_ccl_legacy | released | 0.0088 +- 0.0001 (n=2) | 0.0086 +- 0.0001 | +0.0002 | yes | 60 s |" in ae
 
 
 def test_table_command_prints_markdown_and_writes_csv(synthetic_runs, tmp_path, capsys):

@@ -16,7 +16,7 @@ import torch
 import yaml
 
 import utils.data.mnist as mnist
-import main_class_mlp
+from ccl.scripts import MLP
 from ccl.experiment import main
 from ccl.rules import RULES
 from runs import MLP_YAML, one_thread, outcome, run_mlp, start_mlp, wait_for_file  # noqa: F401
@@ -29,7 +29,7 @@ BATCHES = 17  # per epoch: 540 training samples (90% of 600) in batches of 32
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 SCHEDULED = ("--mmt_F", "0.5", "--mmt_B", "0.5", "--warmup", "20", "--tmax", "4", "--eta_min", "0.1")
-SCHEDULED_MLP = dataclasses.replace(main_class_mlp.SCRIPT, check=lambda config: None)
+SCHEDULED_MLP = dataclasses.replace(MLP, check=lambda config: None)
 
 
 def run_scheduled(*args: str) -> int:
@@ -199,14 +199,14 @@ def test_an_existing_run_directory_is_refused_then_overwritten(tiny, tmp_path, c
     first = (out / "results.json").read_text()
     capsys.readouterr()
 
-    assert run_mlp(*args) == 2
-    err = capsys.readouterr().err
-    assert f"run directory {out} already exists" in err and "--resume" in err and "--overwrite" in err
+    assert run_mlp(*args) == 0  # the same command again: the result, nothing trained
+    printed = capsys.readouterr()
+    assert printed.out.startswith("test_loss ") and f"-> {out}" in printed.out
+    assert "already finished; pass --overwrite to train it again" in printed.out
     assert (out / "results.json").read_text() == first
 
-    (out / "stale-file").write_text("")
     assert run_mlp(*args, "--overwrite") == 0
-    assert not (out / "stale-file").exists() and (out / "results.json").is_file()
+    assert (out / "results.json").read_text() != first  # trained again (its times differ)
 
 
 def test_resuming_a_finished_run_only_tests_it_again(tiny, tmp_path):
@@ -275,7 +275,7 @@ def test_a_damaged_checkpoint_is_a_clear_error(tiny, tmp_path, monkeypatch, caps
     capsys.readouterr()
     assert run_mlp("--resume", str(out)) == 1
     err = capsys.readouterr().err
-    assert "checkpoint.pt cannot be read" in err and "--overwrite" in err
+    assert "checkpoint.pt is damaged" in err and "--overwrite" in err
 
 
 def test_resume_with_another_cpu_thread_count_says_the_numbers_may_differ(tiny, tmp_path, monkeypatch,
@@ -299,7 +299,7 @@ def test_a_file_that_is_not_a_checkpoint_is_a_clear_error(tiny, tmp_path, monkey
 
 def test_resume_of_a_directory_without_a_run(tmp_path, capsys):
     assert run_mlp("--resume", str(tmp_path)) == 2
-    assert "no config.yaml there" in capsys.readouterr().err
+    assert "has no config.yaml, so it is not a run directory" in capsys.readouterr().err
 
 
 def test_checkpoint_holds_everything_a_resume_needs(tiny, tmp_path, monkeypatch):

@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from conftest import REPO
-from utils.cli import parse_command_line
-from utils.config import TASK_TRANSFORMS as TASK_NAMES
+from ccl.cli import parse_command_line
+from ccl.config import TASK_TRANSFORMS as TASK_NAMES
 from utils.data import Splits
 from utils.data.recipes import ae_data
 from utils.data.task_transforms import TASK_TRANSFORMS

@@ -19,9 +19,9 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 from torchvision.utils import make_grid
 
-from ccl.trainer import BEST
+from ccl.cli import DEFAULT_DATA_ROOT, resolve_device
+from ccl.run_dir import RunDir
 from models import build_model
-from utils.cli import DEFAULT_DATA_ROOT, resolve_device, saved_run_config
 from utils.data import load_splits
 from utils.data.loader import BatchLoader
 from utils.data.recipes import Data, ae_data
@@ -84,16 +84,14 @@ def save_reconstructions(model: torch.nn.Module, data: Data, run_dir: Path) -> N
 
 def load_run(run_dir: Path, data_root: Path | None, device: str) -> tuple[str, torch.nn.Module, Data]:
     """(method, best model, data) of a finished autoencoder run."""
-    config, run = saved_run_config(run_dir, "compare")
+    config, run = RunDir(run_dir).saved_config()
     if config.task != "autoencoder":
         raise ConfigError(f"{run_dir} is a {config.task} run; compare draws autoencoder runs")
-    weights = Path(run_dir) / BEST
-    if not weights.is_file():
-        raise ConfigError(f"{run_dir} has no {BEST}: the run has not finished an epoch yet")
+    weights = RunDir(run_dir).load_best(device)
     root = Path(data_root or run.get("data_root", DEFAULT_DATA_ROOT))
     data = ae_data(config, load_splits(config.dataset, root, config.seed).to(device))
     model = build_model(config, data.input_shape, data.num_classes).to(device)
-    model.load_state_dict(torch.load(weights, map_location=device, weights_only=True))
+    model.load_state_dict(weights)
     return config.method, model, data
 
 

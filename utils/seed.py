@@ -1,7 +1,10 @@
-"""One seed for every random number generator of a run."""
+"""One seed for every random number generator of a run, and deterministic kernels on request."""
 from __future__ import annotations
 
+import os
 import random
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import numpy as np
 import torch
@@ -35,3 +38,32 @@ def restore_rng_states(states: dict) -> None:
     torch.set_rng_state(states["torch"])
     if "cuda" in states and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(states["cuda"])
+
+
+# cuBLAS is only deterministic with a fixed workspace, which it reads when it starts
+CUBLAS_WORKSPACE = ":4096:8"
+NO_DETERMINISTIC_KERNEL = ("does not have a deterministic implementation", "CUBLAS_WORKSPACE_CONFIG")
+
+
+@contextmanager
+def deterministic_kernels(enabled: bool) -> Iterator[None]:
+    """While active (and `enabled`), every operator runs a deterministic kernel or raises a
+    RuntimeError (`is_nondeterminism_error`); cuDNN does not pick its algorithms by timing
+    them. Enter it before the first CUDA operation, for cuBLAS's workspace setting."""
+    if not enabled:
+        yield
+        return
+    previous = (torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.benchmark,
+                torch.backends.cudnn.deterministic)
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", CUBLAS_WORKSPACE)
+    torch.use_deterministic_algorithms(True)
+    torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = False, True
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(previous[0])
+        torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = previous[1:]
+
+
+def is_nondeterminism_error(error: BaseException) -> bool:
+    return isinstance(error, RuntimeError) and any(text in str(error) for text in NO_DETERMINISTIC_KERNEL)

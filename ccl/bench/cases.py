@@ -1,29 +1,27 @@
-"""What the benchmark trains: an architecture's released CCL config (BP: the same config with
-`method: BP`), built by its entry script's own data recipe and task, on random uint8 images of
-the dataset's size held on the device (the real batches, loader and transforms, minus the disk).
+"""What the benchmark trains: a case's released CCL config (BP: the same config with
+`method: BP`), built as every run is built (`ccl.experiment.build`: its entry script's data
+recipe, model and objective, seeded from the config), on random uint8 images of the dataset's
+size held on the device (the real batches, loader and transforms, minus the disk).
 """
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from ccl.acceleration import LossFunction, check_supported, training_loss
-from ccl.experiment import Script
+from ccl.config import Config, build_config, read_yaml_sections
+from ccl.experiment import Experiment, Script, build
 from ccl.optim import DualOptimizer
-from ccl.reproduce.runner import REPO, SCRIPTS
-from ccl.rules import RULES
-from models import build_model
-from utils.config import Config, build_config, read_yaml_sections
+from ccl.scripts import BY_CONFIG_FOLDER
 from utils.data import SOURCE_OF, SOURCES, Splits
 from utils.data.datasets import VAL_FRACTION
-from utils.data.recipes import Data
+from utils.provenance import REPO_ROOT
 from utils.errors import ConfigError
 
-# benchmark name -> the released CCL config of that architecture
-ARCHITECTURES = {
+# benchmark case -> the released CCL config it trains
+CASES = {
     "mlp_mnist": "yaml/mlp/mnist_ccl.yaml",
     "mlp_cifar10": "yaml/mlp/cifar10_ccl.yaml",
     "cnn": "yaml/cnn/mnist_ccl.yaml",
@@ -43,11 +41,11 @@ def load_config(path: str | Path, overrides: dict) -> tuple[Config, Script]:
     """The config of a released YAML file with `overrides`, and the entry script that runs it."""
     path = Path(path)
     if not path.is_absolute() and not path.exists():
-        path = REPO / path  # the released configs, from any working directory
-    if path.parent.name not in SCRIPTS:
-        raise ConfigError(f"{path}: a config in yaml/{{{','.join(SCRIPTS)}}}/ is needed, the folder "
-                          f"names the entry script that trains it")
-    script = importlib.import_module(Path(SCRIPTS[path.parent.name]).stem).SCRIPT
+        path = REPO_ROOT / path  # the released configs, from any working directory
+    script = BY_CONFIG_FOLDER.get(path.parent.name)
+    if script is None:
+        raise ConfigError(f"{path}: a config in yaml/{{{','.join(BY_CONFIG_FOLDER)}}}/ is needed, the "
+                          f"folder names the entry script that trains it")
     config = build_config(read_yaml_sections(path), overrides, {"task": script.task, **script.defaults},
                           str(path))
     script.validate(config)
@@ -77,20 +75,25 @@ def synthetic_splits(dataset: str, sizes: tuple[int, int, int], device, seed: in
 
 @dataclass
 class Case:
-    """One config ready to train: its data, model, task, optimizer and training loss."""
+    """One config ready to train: the experiment, its optimizer and its training loss."""
 
-    config: Config
-    script: Script
-    data: Data
-    model: torch.nn.Module
-    task: object
+    experiment: Experiment
     optimizer: DualOptimizer
     loss: LossFunction
+
+    @property
+    def config(self) -> Config:
+        return self.experiment.config
+
+    @property
+    def model(self) -> torch.nn.Module:
+        return self.experiment.model
 
     def step(self, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """One training step as the trainer takes it."""
         loss = self.loss(inputs, targets)
-        self.optimizer.step(loss)
+        self.optimizer.warmup_scaled(loss).backward()
+        self.optimizer.step()
         return loss
 
 
@@ -100,12 +103,9 @@ def build_case(config: Config, script: Script, splits: Splits, device) -> Case:
         # The code compiled for earlier cases is of no use to this one, and torch.compile stops
         # compiling a function (and silently runs it eagerly) after a few recompilations.
         torch._dynamo.reset()
-    torch.manual_seed(config.seed)
-    data = script.make_data(config, splits)
-    model = build_model(config, data.input_shape, data.num_classes).to(device)
-    task = script.make_task(config, data.num_classes)
-    optimizer = DualOptimizer(model, config)
+    experiment = build(script, config, splits, device)
+    optimizer = DualOptimizer(experiment.model, config)
     # time the steady state: past the warm-up, whose loss scaling costs a kernel more
     optimizer.steps_taken = config.warmup
-    return Case(config, script, data, model, task, optimizer,
-                training_loss(config, model, task, RULES[config.method]))
+    return Case(experiment, optimizer,
+                training_loss(config, experiment.model, experiment.objective, experiment.rule))

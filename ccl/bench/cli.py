@@ -10,13 +10,13 @@ import torch
 
 from ccl.acceleration import SPEED_KEYS
 from ccl.bench import report
-from ccl.bench.cases import ARCHITECTURES
+from ccl.bench.cases import CASES
 from ccl.bench.epoch import benchmark_epoch, compare_pipelines, load_mnist
 from ccl.bench.numerics import STEPS as NUMERICS_STEPS
 from ccl.bench.numerics import compare
 from ccl.bench.steps import Settings, benchmark_architecture
-from utils.cli import DEFAULT_DATA_ROOT, resolve_device
-from utils.config import KEYS
+from ccl.cli import DEFAULT_DATA_ROOT, resolve_device
+from ccl.config import KEYS
 from utils.errors import ConfigError, DataError, UserError
 from utils.io import write_json
 from utils.provenance import provenance
@@ -25,7 +25,7 @@ PROG = "python -m ccl.bench"
 # --quick, for the test suite (its numbers mean nothing): batches of 4, one repeat of 2 steps
 # after 1 warm-up step, one epoch of 8 training images; the pipeline comparison is unchanged
 QUICK_BATCH, QUICK_STEPS, QUICK_EPOCH_SIZES = 4, 2, (8, 4, 4)
-DEFAULTS = {"archs": list(ARCHITECTURES), "repeats": 5, "steps": None, "warmup": 3,
+DEFAULTS = {"archs": list(CASES), "repeats": 5, "steps": None, "warmup": 3,
             "data_root": DEFAULT_DATA_ROOT, "no_pipeline": False, "profile": False}
 
 
@@ -38,8 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "With --epoch CONFIG: time whole epochs of that config instead.")
     parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if available)")
     steps = parser.add_argument_group("training steps and the pipeline comparison (the default)")
-    steps.add_argument("--archs", nargs="+", choices=list(ARCHITECTURES), default=None, metavar="ARCH",
-                       help=f"architectures to time (default: all: {' '.join(ARCHITECTURES)})")
+    steps.add_argument("--archs", nargs="+", choices=list(CASES), default=None, metavar="ARCH",
+                       help=f"architectures to time (default: all: {' '.join(CASES)})")
     steps.add_argument("--repeats", type=int, default=None,
                        help=f"timed repeats per method, the median reported (default {DEFAULTS['repeats']})")
     steps.add_argument("--steps", type=int, default=None,

@@ -9,6 +9,7 @@ compared.
 """
 from __future__ import annotations
 
+import dataclasses
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,8 +19,8 @@ from torch.utils.data import DataLoader, Subset
 from torchvision import datasets, transforms
 
 from ccl.bench.cases import Case, build_case, load_config, official_split_sizes, synthetic_splits
-from ccl.rules import RULES
-from ccl.trainer import Loaders, Trainer
+from ccl.run_dir import RunDir
+from ccl.trainer import Trainer
 from utils.data import Splits, load_splits, split_indices
 from utils.data.recipes import MLP_NORMALISATION
 
@@ -29,11 +30,11 @@ MNIST_CONFIG = "yaml/mlp/mnist_ccl.yaml"
 def train_epochs(case: Case, train_loader, epochs: int) -> list[dict]:
     """Train `case`'s model for `epochs` epochs on `train_loader` through the trainer; returns
     its metrics, one row per epoch."""
-    config = case.config.replace(epochs=epochs)
-    loaders = Loaders(train_loader, case.data.val, case.data.test)
+    experiment = dataclasses.replace(
+        case.experiment, config=case.config.replace(epochs=epochs),
+        data=dataclasses.replace(case.experiment.data, train=train_loader))
     with tempfile.TemporaryDirectory(prefix="ccl-bench-") as run_dir:
-        trainer = Trainer(config, case.model, case.task, RULES[config.method], loaders, Path(run_dir),
-                          log=lambda line: None)
+        trainer = Trainer(experiment, RunDir(run_dir), log=lambda line: None)
         trainer.fit()
     return trainer.history
 
@@ -58,7 +59,7 @@ def benchmark_epoch(config_path: str, overrides: dict, device, epochs: int,
     config, script = load_config(config_path, overrides)
     sizes = sizes or official_split_sizes(config.dataset)
     case = build_case(config, script, synthetic_splits(config.dataset, sizes, device), device)
-    history = train_epochs(case, case.data.train, epochs)
+    history = train_epochs(case, case.experiment.data.train, epochs)
     return EpochResult(str(config_path), sizes[0], config.batchsize,
                        [row["seconds"] for row in history], [row["eval_seconds"] for row in history])
 
@@ -111,7 +112,7 @@ def compare_pipelines(data_root: Path, splits: Splits, overrides: dict, device,
     `load_mnist`), from the same initial weights, by each pipeline."""
     config, script = load_config(MNIST_CONFIG, overrides)
     ours = build_case(config, script, splits.to(device), device)
-    ours_history = train_epochs(ours, ours.data.train, epochs)
+    ours_history = train_epochs(ours, ours.experiment.data.train, epochs)
     theirs = build_case(config, script, splits.to(device), device)
     train_indices, _ = split_indices(len(splits.train[0]) + len(splits.val[0]), config.seed)
     loader = TorchvisionLoader(data_root, train_indices, config.batchsize, device)

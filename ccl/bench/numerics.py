@@ -10,7 +10,7 @@ from itertools import islice
 import torch
 
 from ccl.acceleration import without_speed_ups
-from ccl.bench.cases import ARCHITECTURES, build_case, load_config, synthetic_splits
+from ccl.bench.cases import CASES, build_case, load_config, synthetic_splits
 
 STEPS = 10
 
@@ -30,7 +30,7 @@ def train(config, script, splits, device, steps: int) -> Trajectory:
         return [p.detach().clone() for p in case.model.parameters()]
 
     initial, first, losses = parameters(), None, []
-    for inputs, targets in islice(case.data.train.epoch(0), steps):
+    for inputs, targets in islice(case.experiment.data.train.epoch(0), steps):
         losses.append(case.step(inputs, targets).item())
         first = first or parameters()
     return Trajectory(initial, first, parameters(), losses)
@@ -51,7 +51,7 @@ def difference(reference: Trajectory, other: Trajectory) -> dict[str, float]:
 
 def compare(arch: str, overrides: dict, device, steps: int) -> dict:
     """The architecture's CCL config with `overrides` (the speed-ups) against the default step."""
-    config, script = load_config(ARCHITECTURES[arch], {**overrides, "method": "CCL"})
+    config, script = load_config(CASES[arch], {**overrides, "method": "CCL"})
     default = without_speed_ups(config)
     batch = config.batchsize
     splits = synthetic_splits(config.dataset, (steps * batch, batch, batch), device)

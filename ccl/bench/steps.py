@@ -1,8 +1,8 @@
 """Step time of BP and CCL on one architecture, and where the time of a step goes.
 
 The step is what the trainer runs per batch after the batch is made: the rule's loss
-(forward, feedback, layer losses) and `DualOptimizer.step` (backward, centralisation, clipping,
-both SGD steps). Each repeat times a run of steps on batches made beforehand, with one mark
+(forward, feedback, layer losses), its `backward()` and `DualOptimizer.step` (centralisation,
+clipping, both SGD steps). Each repeat times a run of steps on batches made beforehand, with one mark
 before and one after; BP and CCL take turns repeat by repeat, so a change in the machine's load
 hits both. The split times every phase of single steps, the making of the batch included.
 """
@@ -13,7 +13,7 @@ import statistics
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from ccl.bench.cases import ARCHITECTURES, METHODS, Case, build_case, load_config, synthetic_splits
+from ccl.bench.cases import CASES, METHODS, Case, build_case, load_config, synthetic_splits
 from ccl.bench.clock import Clock, state_bytes
 from ccl.bench.profile import operators_per_step, top_operators
 
@@ -61,7 +61,7 @@ def endless_batches(case: Case) -> Iterator:
     """The training loader's batches, epoch after epoch (each epoch reshuffled)."""
     epoch = 0
     while True:
-        yield from case.data.train.epoch(epoch)
+        yield from case.experiment.data.train.epoch(epoch)
         epoch += 1
 
 
@@ -74,9 +74,9 @@ def time_split(case: Case, batches: Iterator, clock: Clock, steps: int) -> dict[
         made = clock.mark()
         loss = case.loss(inputs, targets)
         computed = clock.mark()
-        case.optimizer.backward(loss)
+        case.optimizer.warmup_scaled(loss).backward()
         differentiated = clock.mark()
-        case.optimizer.update()
+        case.optimizer.step()
         marks.append((start, made, computed, differentiated, clock.mark()))
     clock.sync()
     return {phase: sum(clock.seconds(m[index], m[index + 1]) for m in marks) / steps
@@ -110,7 +110,7 @@ def build_cases(arch: str, settings: Settings, device) -> dict[str, Case]:
     """BP and CCL on the architecture's config, each with its own synthetic data."""
     cases = {}
     for method in METHODS:
-        config, script = load_config(ARCHITECTURES[arch], {**settings.overrides, "method": method})
+        config, script = load_config(CASES[arch], {**settings.overrides, "method": method})
         batch = config.batchsize
         splits = synthetic_splits(config.dataset, (POOL_BATCHES * batch, batch, batch), device)
         cases[method] = build_case(config, script, splits, device)

@@ -9,12 +9,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ccl.reproduce.paper import TABLES, targets_of
-from ccl.reproduce.runner import REPO, Settings, only_runner, plan_runs, report, run_all
+from ccl.reproduce.paper import PROCEDURES, TABLES, targets_of
+from ccl.reproduce.runner import Settings, only_runner, plan_runs, report, run_all
 from ccl.reproduce.table import write_tables
-from utils.cli import resolve_device
-from utils.config import KEYS, parse_cli_value
+from ccl.cli import resolve_device
+from ccl.config import KEYS, parse_cli_value
 from utils.errors import ConfigError, UserError
+from utils.provenance import REPO_ROOT
 
 DEFAULT_SEEDS = (2023, 2024, 2025, 2026, 2027)  # the released configs' 2023, and the next four
 DEFAULT_RUNS_ROOT = Path("runs/reproduce")
@@ -45,6 +46,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help=f"where the run directories go (default {DEFAULT_RUNS_ROOT})")
     run.add_argument("--data_root", type=Path, default=None,
                      help="datasets, see prepare_data.py (default: each entry script's, ./data)")
+    run.add_argument("--procedure", choices=PROCEDURES, default="released",
+                     help="released (default): as the runs behind the paper's numbers were made (the "
+                          "released warm-up counter and CIFAR CNN validation); fixed: this project's "
+                          "defaults (docs/FIDELITY.md rows 8 and 14). Named in each run directory")
     run.add_argument("--dry_run", action="store_true", help="list the runs and what would happen")
     table = commands.add_parser("table", allow_abbrev=False,
                                 help="our mean +- std beside the paper's, as Markdown and CSV",
@@ -52,8 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
                                             "from the run directories and write one CSV per table.")
     table.add_argument("--runs_root", type=Path, default=DEFAULT_RUNS_ROOT,
                        help=f"the run directories (default {DEFAULT_RUNS_ROOT})")
-    table.add_argument("--results_dir", type=Path, default=Path("results"),
-                       help="where the CSV files go (default results/)")
+    table.add_argument("--results_dir", type=Path, default=None,
+                       help="where the CSV files go (default: <runs_root>/tables; the repository's "
+                            "measured tables are in results/, rewritten only when named here)")
     return parser
 
 
@@ -85,17 +91,17 @@ def shown(path: Path) -> Path:
 
 
 def run_command(args: argparse.Namespace, overrides: dict[str, Any], launcher: Sequence[str]) -> int:
-    configs = list(args.configs) + [shown(REPO / "yaml" / f"{target.config}.yaml")
+    configs = list(args.configs) + [shown(REPO_ROOT / "yaml" / f"{target.config}.yaml")
                                     for name in args.table for target in targets_of(name)]
     if not configs:
         raise ConfigError("name config files (e.g. yaml/mlp/mnist_ccl.yaml) or --table")
     if args.jobs < 1 or (args.threads is not None and args.threads < 1):
         raise ConfigError("--jobs and --threads must be positive")
-    devices = [None if device is None else resolve_device(device) for device in args.devices]
-    runs = plan_runs(configs, args.seeds, overrides, args.runs_root)
+    devices = [None if device is None else resolve_device(device, "--devices") for device in args.devices]
+    runs = plan_runs(configs, args.seeds, overrides, args.runs_root, args.procedure)
     settings = Settings(jobs=args.jobs, devices=devices,
                         threads=args.threads or max(1, (os.cpu_count() or 1) // args.jobs),
-                        data_root=args.data_root, overrides=overrides, launcher=tuple(launcher))
+                        data_root=args.data_root, launcher=tuple(launcher))
     if args.dry_run:
         for index, run in enumerate(runs):
             device = settings.devices[index % len(settings.devices)]
@@ -121,8 +127,9 @@ def main(argv: Sequence[str] | None = None, launcher: Sequence[str] = (sys.execu
             return run_command(args, overrides, launcher)
         if overrides:
             raise ConfigError(f"table takes no config keys (got --{next(iter(overrides))})")
-        print(write_tables(args.runs_root, args.results_dir))
-        print(f"\nCSV files in {args.results_dir}/", file=sys.stderr)
+        results_dir = args.results_dir or args.runs_root / "tables"
+        print(write_tables(args.runs_root, results_dir))
+        print(f"\nCSV files in {results_dir}/", file=sys.stderr)
         return 0
     except UserError as error:
         print(f"{PROG}: error: {error}", file=sys.stderr)

@@ -14,8 +14,8 @@ no new run starts, and the next invocation resumes them. A second signal stops t
 """
 from __future__ import annotations
 
+import ctypes
 import fcntl
-import json
 import os
 import shlex
 import signal
@@ -24,24 +24,27 @@ import sys
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ccl.trainer import CHECKPOINT, RESULTS, StopRequests
-from utils.cli import default_out_dir
+from ccl.cli import default_out_dir
+from ccl.config import read_yaml_sections
+from ccl.reproduce.paper import released_procedure
+from ccl.run_dir import CHECKPOINT, Damaged, RunDir
+from ccl.scripts import BY_CONFIG_FOLDER
+from ccl.trainer import StopRequests
+from utils.provenance import REPO_ROOT
 from utils.errors import ConfigError, UserError
 
-REPO = Path(__file__).resolve().parents[2]
-# config folder -> the entry script that runs its configs
-SCRIPTS = {"mlp": "main_class_mlp.py", "cnn": "main_class_cnn.py", "cnn_ae": "main_ae.py"}
 POLL_SECONDS = 0.2
 
 
 def read_results(run_dir: Path) -> dict | None:
+    """results.json of a run, None when it has none or a damaged one (not finished, then)."""
     try:
-        return json.loads((Path(run_dir) / RESULTS).read_text())
-    except FileNotFoundError:
+        return RunDir(run_dir).read_results()
+    except Damaged:
         return None
 
 
@@ -49,11 +52,12 @@ def read_results(run_dir: Path) -> dict | None:
 class Run:
     config: Path
     seed: int
+    overrides: tuple[tuple[str, Any], ...]  # config keys set on the command line, in order
     run_dir: Path
 
     @property
     def script(self) -> Path:
-        return REPO / SCRIPTS[self.config.parent.name]
+        return REPO_ROOT / BY_CONFIG_FOLDER[self.config.parent.name].prog
 
     @property
     def log(self) -> Path:
@@ -77,7 +81,6 @@ class Settings:
     devices: Sequence[str | None] = (None,)  # None: the entry script's default device
     threads: int = 1
     data_root: Path | None = None
-    overrides: Mapping[str, Any] = field(default_factory=dict)
     launcher: Sequence[str] = (sys.executable,)
 
     def command(self, run: Run, device: str | None) -> list[str]:
@@ -85,7 +88,7 @@ class Settings:
                  ([] if self.data_root is None else ["--data_root", str(self.data_root)])
         if run.state() == "interrupted":
             return [*self.launcher, str(run.script), "--resume", str(run.run_dir), *common]
-        keys = [word for name, value in self.overrides.items() for word in (f"--{name}", str(value))]
+        keys = [word for name, value in run.overrides for word in (f"--{name}", str(value))]
         return [*self.launcher, str(run.script), "--yaml", str(run.config), "--seed", str(run.seed),
                 "--out_dir", str(run.run_dir), "--overwrite", *keys, *common]
 
@@ -96,20 +99,25 @@ class Settings:
 
 
 def plan_runs(configs: Sequence[Path], seeds: Sequence[int], overrides: Mapping[str, Any],
-              runs_root: Path) -> list[Run]:
-    """Every (config, seed), each with its run directory; overrides (e.g. fewer epochs) are in
-    the directory's name, so a shortened run is never taken for a full one."""
+              runs_root: Path, procedure: str = "released") -> list[Run]:
+    """Every (config, seed), each with its run directory. The overrides (e.g. fewer epochs) and
+    those of the procedure (`released_procedure`) are in the directory's name, so a shortened
+    run is never taken for a full one, nor a run of one procedure for the other's."""
     for config in configs:
         if not Path(config).is_file():
             raise ConfigError(f"config file {config} not found")
         folder = Path(config).parent.name
-        if folder not in SCRIPTS:
-            raise ConfigError(f"{config}: configs live in yaml/{{{','.join(SCRIPTS)}}}/, which names "
-                              f"the entry script; {folder!r} is none of these")
-        if not (REPO / SCRIPTS[folder]).is_file():
-            raise ConfigError(f"{config} needs {SCRIPTS[folder]}, which this checkout does not have")
-    runs = [Run(Path(config), seed, default_out_dir(Path(config), overrides, seed, runs_root))
-            for config in configs for seed in seeds]
+        if folder not in BY_CONFIG_FOLDER:
+            raise ConfigError(f"{config}: configs live in yaml/{{{','.join(BY_CONFIG_FOLDER)}}}/, which "
+                              f"names the entry script; {folder!r} is none of these")
+    runs = []
+    for config in map(Path, configs):
+        keys = dict(overrides)
+        if procedure == "released":
+            keys = {**released_procedure({**read_yaml_sections(config), **overrides},
+                                         config.parent.name), **overrides}
+        runs += [Run(config, seed, tuple(keys.items()), default_out_dir(config, keys, seed, runs_root))
+                 for seed in seeds]
     return list(dict.fromkeys(runs))  # a config or seed named twice runs once
 
 
@@ -136,9 +144,13 @@ def only_runner(runs_root: Path) -> Iterator[None]:
 
 
 class ForwardStops(StopRequests):
-    """While active, SIGINT/SIGTERM to the runner are recorded, so that no new run starts, and
-    passed on as SIGTERM to the running runs, which checkpoint and stop (a second one: at once).
-    SIGTERM, because a run still starting up ends at once on it, without a traceback."""
+    """While active, SIGINT/SIGTERM/SIGHUP to the runner are recorded, so that no new run starts,
+    and passed on as SIGTERM to the running runs, which checkpoint and stop (a second one: at
+    once). SIGTERM, because a run still starting up ends at once on it, without a traceback;
+    SIGHUP, because the runs are in sessions of their own and a closed terminal reaches the
+    runner only."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
     def __init__(self, running: Mapping[subprocess.Popen, Any]):
         super().__init__()
@@ -153,16 +165,32 @@ class ForwardStops(StopRequests):
                 pass
 
 
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def _stop_with_the_runner(runner_pid: int) -> None:
+    """In a run's process, before it starts: SIGTERM (checkpoint and stop) when the runner
+    dies, however it dies (SIGKILL included), so that no run trains on unwatched. Linux only;
+    elsewhere the run directory's lock still keeps a second runner from resuming it meanwhile."""
+    if not sys.platform.startswith("linux"):
+        return
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != runner_pid:  # the runner died before the request was made
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
 def launch(run: Run, device: str | None, settings: Settings) -> subprocess.Popen:
     command = settings.command(run, device)
     run.log.parent.mkdir(parents=True, exist_ok=True)
+    runner_pid = os.getpid()
     with open(run.log, "a") as log:
         log.write(f"$ {shlex.join(command)}\n")
         log.flush()
         # a session of its own: a Ctrl-C in the terminal reaches the runner only, which passes
         # it on exactly once (a second signal would stop the run before it checkpoints)
         return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
-                                env=settings.environment(), start_new_session=True)
+                                env=settings.environment(), start_new_session=True,
+                                preexec_fn=lambda: _stop_with_the_runner(runner_pid))
 
 
 def last_line(path: Path) -> str:
@@ -195,6 +223,11 @@ def run_all(runs: Sequence[Run], settings: Settings, say: Callable[[str], None] 
             ) -> tuple[list[Outcome], int | None]:
     """Run what is not finished, `settings.jobs` at a time, devices round-robin. Returns every
     run's outcome and the signal that stopped the runner, if one did."""
+    for run in runs:
+        try:
+            RunDir(run.run_dir).read_results()
+        except Damaged as error:
+            say(f"warning: {error}: the run counts as not finished")
     states = {run: run.state() for run in runs}
     done = [Outcome(run, state, skipped=True) for run, state in states.items()
             if state not in ("new", "interrupted")]

@@ -2,14 +2,14 @@
 
 Runs are grouped by config and overrides (the run directory's parent, e.g. `mnist_ccl` or
 `mnist_ccl-epochs=1`); a group gives mean, sample standard deviation (n - 1) and n over its
-finished runs. A row is flagged when |ours - paper| > sqrt(s_ours^2 + s_paper^2), the two
+finished runs. The overrides that make a run follow the released procedure
+(`paper.released_procedure`) are shown as its procedure, not as overrides. A row is flagged when |ours - paper| > sqrt(s_ours^2 + s_paper^2), the two
 standard deviations combined; with n = 1, s_ours counts as 0.
 """
 from __future__ import annotations
 
 import csv
 import io
-import json
 import math
 import re
 import statistics
@@ -19,8 +19,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from ccl.reproduce.paper import TABLES, Table, Target, targets_of
-from ccl.trainer import RESULTS
+from ccl.config import read_yaml_sections
+from ccl.reproduce.paper import TABLES, Table, Target, released_procedure, targets_of
+from ccl.run_dir import RESULTS, Damaged, RunDir
+from utils.provenance import REPO_ROOT
 from utils.io import write_text
 
 # config folder -> the table its runs belong to (configs the paper gives no number for are
@@ -32,7 +34,8 @@ OVERRIDE_START = re.compile(r"-(?=[A-Za-z_]\w*=)")  # "mnist_ccl-epochs=1-lr_F=0
 @dataclass(frozen=True)
 class Row:
     config: str            # mlp/mnist_ccl
-    overrides: str         # "" or e.g. "epochs=1 lr_F=0.5"
+    procedure: str         # released, fixed, both (they coincide for this config) or custom
+    overrides: str         # "" or e.g. "epochs=1 lr_F=0.5", besides the procedure's
     dataset: str
     method: str
     values: tuple[float, ...]  # the finished runs' metric, in the table's unit
@@ -67,8 +70,9 @@ class Row:
         return self.diff is not None and abs(self.diff) > self.combined_std
 
 
-def collect(runs_root: Path) -> dict[tuple[str, str], list[dict]]:
-    """results.json of every run under runs_root, by (config, overrides)."""
+def collect(runs_root: Path) -> dict[tuple[str, str, str], list[dict]]:
+    """results.json of every run under runs_root, by (config, procedure, other overrides). A
+    damaged results.json is left out with a warning."""
     groups = defaultdict(list)
     for path in sorted(Path(runs_root).glob(f"*/*/seed*/{RESULTS}")):
         setting = path.parent.parent
@@ -77,16 +81,36 @@ def collect(runs_root: Path) -> dict[tuple[str, str], list[dict]]:
             print(f"note: {setting} is not under a config folder ({', '.join(TABLE_OF_FOLDER)}); "
                   f"left out", file=sys.stderr)
             continue
+        try:
+            results = RunDir(path.parent).read_results()
+        except Damaged as error:
+            print(f"warning: {error}; that run is left out", file=sys.stderr)
+            continue
         stem, *overrides = OVERRIDE_START.split(setting.name)
-        groups[f"{folder}/{stem}", " ".join(overrides)].append(json.loads(path.read_text()))
+        config = f"{folder}/{stem}"
+        groups[(config, *procedure_of(config, dict(o.split("=", 1) for o in overrides)))].append(results)
     return groups
 
 
-def make_row(config: str, overrides: str, results: Sequence[dict], table: Table,
+def procedure_of(config: str, overrides: dict[str, str]) -> tuple[str, str]:
+    """(procedure, the other overrides as text) of a run directory's overrides."""
+    path = REPO_ROOT / "yaml" / f"{config}.yaml"
+    values = {**(read_yaml_sections(path) if path.is_file() else {}), **overrides}
+    procedure = {k: str(v) for k, v in released_procedure(values, config.split("/")[0]).items()}
+    if not procedure:
+        kind = "both"
+    elif all(overrides.get(k) == v for k, v in procedure.items()):
+        kind, overrides = "released", {k: v for k, v in overrides.items() if k not in procedure}
+    else:
+        kind = "fixed" if not procedure.keys() & overrides.keys() else "custom"
+    return kind, " ".join(f"{k}={v}" for k, v in overrides.items())
+
+
+def make_row(config: str, procedure: str, overrides: str, results: Sequence[dict], table: Table,
              target: Target | None) -> Row:
     finished = [r for r in results if r["status"] == "finished"]
     first = results[0] if results else {}
-    return Row(config, overrides,
+    return Row(config, procedure, overrides,
                dataset=target.dataset if target else first.get("dataset", "?"),
                method=target.method if target else first.get("method", "?"),
                values=tuple(r[f"test_{table.metric}"] * table.scale for r in finished),
@@ -95,18 +119,23 @@ def make_row(config: str, overrides: str, results: Sequence[dict], table: Table,
                target=target)
 
 
-def table_rows(table: Table, groups: dict[tuple[str, str], list[dict]]) -> list[Row]:
-    """The paper's rows in its order (each with its overridden variants after it, and 'no runs'
-    where there are none), then the folder's configs without a paper number."""
+PROCEDURE_ORDER = {"both": 0, "released": 0, "fixed": 1, "custom": 2}
+
+
+def table_rows(table: Table, groups: dict[tuple[str, str, str], list[dict]]) -> list[Row]:
+    """The paper's rows in its order, each as the released procedure ran it ('no runs' where
+    nothing ran), then its other procedures and overridden variants; then the folder's configs
+    without a paper number."""
     rows = []
     targets = {target.config: target for target in targets_of(table.name)}
     for config, target in targets.items():
-        variants = sorted(overrides for c, overrides in groups if c == config)
-        rows += [make_row(config, overrides, groups[config, overrides], table, target)
-                 for overrides in (variants if "" in variants else ["", *variants])]
-    rows += [make_row(config, overrides, results, table, None)
-             for (config, overrides), results in sorted(groups.items())
-             if config not in targets and TABLE_OF_FOLDER[config.split("/")[0]] == table.name]
+        paper_setting = (config, "both" if procedure_of(config, {})[0] == "both" else "released", "")
+        others = sorted((key for key in groups if key[0] == config and key != paper_setting),
+                        key=lambda key: (PROCEDURE_ORDER[key[1]], key[2]))
+        variants = [paper_setting, *others]
+        rows += [make_row(*key, groups.get(key, []), table, target) for key in variants]
+    rows += [make_row(*key, results, table, None) for key, results in sorted(groups.items())
+             if key[0] not in targets and TABLE_OF_FOLDER[key[0].split("/")[0]] == table.name]
     return rows
 
 
@@ -132,18 +161,18 @@ def markdown(table: Table, rows: Sequence[Row]) -> str:
         return " ".join(parts)
 
     lines = [f"### {table.title}", "",
-             "| dataset | method | config | ours: mean +- std (n) | paper | diff | flag | wall time / run |",
-             "|---|---|---|---|---|---|---|---|"]
+             "| dataset | method | config | procedure | ours: mean +- std (n) | paper | diff | flag | wall time / run |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for row in rows:
         config = f"{row.config} ({row.overrides})" if row.overrides else row.config
         paper = f"{number(row.target.mean)} +- {number(row.target.std)}" if row.target else "-"
         diff = f"{row.diff:+.{table.decimals}f}" if row.diff is not None else ""
-        lines.append(f"| {row.dataset} | {row.method} | {config} | {ours(row)} | {paper} | {diff} | "
+        lines.append(f"| {row.dataset} | {row.method} | {config} | {row.procedure} | {ours(row)} | {paper} | {diff} | "
                      f"{'yes' if row.flagged else ''} | {duration(row.wall_seconds)} |")
     return "\n".join(lines)
 
 
-CSV_COLUMNS = ("table", "dataset", "method", "config", "overrides", "n", "diverged", "ours_mean",
+CSV_COLUMNS = ("table", "dataset", "method", "config", "procedure", "overrides", "n", "diverged", "ours_mean",
                "ours_std", "paper_mean", "paper_std", "diff", "combined_std", "flag",
                "mean_wall_seconds")
 
@@ -154,7 +183,8 @@ def csv_text(table: Table, rows: Sequence[Row]) -> str:
     writer.writerow(CSV_COLUMNS)
     for row in rows:
         paper = (row.target.mean, row.target.std) if row.target else (None, None)
-        cells = (table.name, row.dataset, row.method, row.config, row.overrides, row.n, row.diverged,
+        cells = (table.name, row.dataset, row.method, row.config, row.procedure, row.overrides, row.n,
+                 row.diverged,
                  row.mean, row.std, *paper, row.diff, row.combined_std, int(row.flagged),
                  row.wall_seconds)
         writer.writerow(["" if c is None else round(c, 6) if isinstance(c, float) else c for c in cells])
@@ -162,7 +192,9 @@ def csv_text(table: Table, rows: Sequence[Row]) -> str:
 
 
 FOOTNOTE = ("ours: mean +- sample std (n - 1) over n finished runs (seeds). flag: |ours - paper| > "
-            "sqrt(s_ours^2 + s_paper^2), with s_ours = 0 when n = 1. A config followed by "
+            "sqrt(s_ours^2 + s_paper^2), with s_ours = 0 when n = 1. procedure: released (as the runs "
+            "behind the paper's numbers were made), fixed (this project's defaults, docs/FIDELITY.md "
+            "rows 8 and 14), both (the two coincide for that config). A config followed by "
             "(key=value) ran with those overrides (e.g. fewer epochs) and is not the paper's setting. "
             "wall time: the mean `wall_seconds` of results.json (training and validation, over "
             "every resume; not process start-up, data loading or the test).")

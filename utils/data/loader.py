@@ -85,6 +85,3 @@ class BatchLoader:
                 picked = order[window]
                 images, labels = self.images[picked], self.labels[picked]
             yield self.make_batch(images, labels, self.generator)
-
-    def __iter__(self):
-        return self.epoch(0)

@@ -23,7 +23,7 @@ MLP_NORMALISATION = {
 
 
 # main_class_cnn.py, per dataset key: (training transform, evaluation transform), as released
-# (SPEC section 8). Every CNN takes 32x32 images.
+# (docs/ALGORITHM.md section 8). Every CNN takes 32x32 images.
 IMAGENET = Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 CIFAR = (Compose(to_unit_range, random_hflip, RandomCrop(4, mode="edge"), IMAGENET),
          Compose(to_unit_range, IMAGENET))

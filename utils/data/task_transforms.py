@@ -1,4 +1,4 @@
-"""Autoencoder tasks (SPEC section 6): how the forward input and the feedback target derive from
+"""Autoencoder tasks (docs/ALGORITHM.md section 6): how the forward input and the feedback target derive from
 one batch of images x in [0, 1], shape (N, C, H, W).
 
 Each task is a callable `(x, generator) -> (input, target)` that works on the whole batch at

@@ -17,6 +17,11 @@ from typing import Any
 
 import yaml
 
+from ccl.rules import RULES
+from models import ARCHITECTURES
+from models.layers import ACTIVATIONS
+from utils.data.datasets import SOURCE_OF
+from utils.data.task_transforms import TASK_TRANSFORMS
 from utils.errors import ConfigError
 
 SECTIONS = ("method", "dataset", "training")
@@ -54,96 +59,96 @@ def _number(value: float) -> str:
     return str(int(value)) if float(value).is_integer() else f"{value:g}"
 
 
-def _k(section, type_, help_, **kwargs) -> Key:
-    return Key(section, type_, help_, **kwargs)
-
-
-ACTIVATION_NAMES = ("elu", "tanh", "relu", "leaky_relu", "selu")
-TASK_TRANSFORMS = ("none", "same", "DropColor", "RandCrop", "rot90", "rot180",
-                   "shiftv5", "shiftv10", "shifth5", "shifth10", "bright")
+# The allowed values of the keys that name an implementation come from the registries that hold
+# the implementations, so a new rule, architecture, activation, dataset or task transform is
+# registered once and becomes a valid value everywhere (config files, flags, --help).
+ACTIVATION_NAMES = tuple(ACTIVATIONS)
+TASK_TRANSFORM_NAMES = ("none", *TASK_TRANSFORMS)  # none: a classification run, which has none
 
 KEYS: dict[str, Key] = {
     # --- method ---
-    "method": _k("method", str, "learning rule", choices=("BP", "CCL")),
-    "architecture": _k("method", str, "dual network architecture",
-                       choices=("simple_linear", "cnn", "cnn_pool",
-                                "cnn_pool_autoencoder", "cnn_stride_autoencoder")),
-    "task": _k("method", str, "problem the entry script solves (fixed by the script)",
-               default=None, choices=("classification", "autoencoder"), optional=True),
-    "task_transform": _k("method", str, "autoencoder: how the feedback target derives from the input",
-                         default=None, choices=TASK_TRANSFORMS, optional=True),
-    "act_F": _k("method", str, "forward network activation", choices=ACTIVATION_NAMES),
-    "act_B": _k("method", str, "feedback network activation", choices=ACTIVATION_NAMES),
-    "fw_bn": _k("method", int, "forward BatchNorm: 0 none, 1 on the map's input, 2 on its output",
-                choices=(0, 1, 2)),
-    "bw_bn": _k("method", int, "feedback BatchNorm: 0 none, 1 on the map's input, 2 on its output",
-                choices=(0, 1, 2)),
-    "bias_init": _k("method", str, "'zero': biases start at 0; 'none': PyTorch's default init",
-                    choices=("zero", "none")),
-    "bn_affine": _k("method", int, "BatchNorm affine flag (its parameters never train)",
-                    choices=(0, 1)),
+    "method": Key("method", str, "learning rule", choices=tuple(RULES)),
+    "architecture": Key("method", str, "dual network architecture",
+                         choices=tuple(ARCHITECTURES)),
+    "task": Key("method", str, "problem the entry script solves (fixed by the script)",
+                 default=None, choices=("classification", "autoencoder"), optional=True),
+    "task_transform": Key("method", str, "autoencoder: how the feedback target derives from the input",
+                           default=None, choices=TASK_TRANSFORM_NAMES, optional=True),
+    "act_F": Key("method", str, "forward network activation", choices=ACTIVATION_NAMES),
+    "act_B": Key("method", str, "feedback network activation", choices=ACTIVATION_NAMES),
+    "fw_bn": Key("method", int, "forward BatchNorm: 0 none, 1 on the map's input, 2 on its output",
+                  choices=(0, 1, 2)),
+    "bw_bn": Key("method", int, "feedback BatchNorm: 0 none, 1 on the map's input, 2 on its output",
+                  choices=(0, 1, 2)),
+    "bias_init": Key("method", str, "'zero': biases start at 0; 'none': PyTorch's default init",
+                      choices=("zero", "none")),
+    "bn_affine": Key("method", int, "BatchNorm affine flag (its parameters never train)",
+                      choices=(0, 1)),
     # --- dataset ---
-    "dataset": _k("dataset", str, "dataset name",
-                  choices=("MNIST", "FashionMNIST", "CIFAR10", "CIFAR100", "MNIST_CNN",
-                           "FashionMNIST_CNN", "STL10_cls", "STL10")),
-    "batchsize": _k("dataset", int, "training batch size", minimum=1),
-    "num_chn": _k("dataset", int, "input channels (must match the dataset)", minimum=1),
-    "num_classes": _k("dataset", int, "classes (must match the dataset; optional)",
-                      default=None, minimum=1, optional=True),
+    "dataset": Key("dataset", str, "dataset name",
+                    choices=tuple(SOURCE_OF)),
+    "batchsize": Key("dataset", int, "training batch size", minimum=1),
+    "num_chn": Key("dataset", int, "input channels (must match the dataset)", minimum=1),
+    "num_classes": Key("dataset", int, "classes (must match the dataset; optional)",
+                        default=None, minimum=1, optional=True),
     # --- training ---
-    "mode": _k("training", str, "only 'train' is released", default="train", choices=("train",)),
-    "epochs": _k("training", int, "training epochs", minimum=1),
-    "lr_F": _k("training", float, "forward parameters' learning rate", minimum=0),
-    "lr_B": _k("training", float, "feedback parameters' learning rate", minimum=0),
+    "mode": Key("training", str, "only 'train' is released", default="train", choices=("train",)),
+    "epochs": Key("training", int, "training epochs", minimum=1),
+    "lr_F": Key("training", float, "forward parameters' learning rate", minimum=0),
+    "lr_B": Key("training", float, "feedback parameters' learning rate", minimum=0),
     # momentum 1 or more never forgets a gradient: the velocity grows without bound
-    "mmt_F": _k("training", float, "forward SGD momentum", minimum=0, below=1),
-    "mmt_B": _k("training", float, "feedback SGD momentum", minimum=0, below=1),
-    "wd_F": _k("training", float, "forward weight decay", minimum=0),
-    "wd_B": _k("training", float, "feedback weight decay", minimum=0),
-    "warmup": _k("training", int, "warm-up steps (loss scaled by (s+1)/warmup); 0 = off", minimum=0),
-    "tmax": _k("training", int, "cosine annealing period in epochs; 0 = constant learning rate",
-               minimum=0),
-    "eta_min": _k("training", float, "cosine annealing's final learning rate (absolute)", minimum=0),
-    "optimizer": _k("training", str, "only 'SGD' is released", default="SGD", choices=("SGD",)),
-    "GradC": _k("training", int, "gradient centralisation: 1 on, 0 off", choices=(0, 1)),
-    "loss_scale_C": _k("training", float, "weight of the alignment term", minimum=0),
-    "loss_scale_ssl": _k("training", float, "CNN: weight of the two decorrelation terms",
-                         default=0.5, minimum=0),
-    "loss_scale_D": _k("training", float, "autoencoder: weight of the normalised term",
-                       default=1.0, minimum=0),
-    "grad_clip_F": _k("training", float, "forward gradient-norm clip; 0 = off", minimum=0),
-    "grad_clip_B": _k("training", float, "feedback gradient-norm clip; 0 = off", minimum=0),
-    "filter_target": _k("training", float, "flooding on (non-zero) or off (0)", minimum=0),
-    "seed": _k("training", int, "seed of every random choice of the run", minimum=0,
-               maximum=2**32 - 1),  # NumPy's seeds are 32-bit
+    "mmt_F": Key("training", float, "forward SGD momentum", minimum=0, below=1),
+    "mmt_B": Key("training", float, "feedback SGD momentum", minimum=0, below=1),
+    "wd_F": Key("training", float, "forward weight decay", minimum=0),
+    "wd_B": Key("training", float, "feedback weight decay", minimum=0),
+    "warmup": Key("training", int, "warm-up steps (loss scaled by (s+1)/warmup); 0 = off", minimum=0),
+    "tmax": Key("training", int, "cosine annealing period in epochs; 0 = constant learning rate",
+                 minimum=0),
+    "eta_min": Key("training", float, "cosine annealing's final learning rate (absolute)", minimum=0),
+    "optimizer": Key("training", str, "only 'SGD' is released", default="SGD", choices=("SGD",)),
+    "GradC": Key("training", int, "gradient centralisation: 1 on, 0 off", choices=(0, 1)),
+    "loss_scale_C": Key("training", float, "weight of the alignment term", minimum=0),
+    "loss_scale_ssl": Key("training", float, "CNN: weight of the two decorrelation terms",
+                           default=0.5, minimum=0),
+    "loss_scale_D": Key("training", float, "autoencoder: weight of the normalised term",
+                         default=1.0, minimum=0),
+    "grad_clip_F": Key("training", float, "forward gradient-norm clip; 0 = off", minimum=0),
+    "grad_clip_B": Key("training", float, "feedback gradient-norm clip; 0 = off", minimum=0),
+    "filter_target": Key("training", float, "flooding on (non-zero) or off (0)", minimum=0),
+    "seed": Key("training", int, "seed of every random choice of the run", minimum=0,
+                 maximum=2**32 - 1),  # NumPy's seeds are 32-bit
     # --- added by this project (not in the released files) ---
-    "flood_threshold": _k("training", float,
-                          "flooding drops samples with |p(true) - 1| below this (released: 0.1)",
-                          default=0.1, above=0, maximum=1),
-    "warmup_counter": _k("training", str,
-                         "warm-up factor (i+1)/warmup with i the global step ('step') or, as the "
-                         "released scripts do, the batch index within the epoch ('batch_in_epoch')",
-                         default="step", choices=("step", "batch_in_epoch")),
-    "augment_validation": _k("dataset", int,
-                             "1: validation batches get the training augmentation, as in the released "
-                             "CIFAR CNN pipelines; 0: the evaluation transform", default=0, choices=(0, 1)),
-    "train_batches_per_epoch": _k("training", int,
-                                  "stop each epoch after this many batches; 0 = whole training set",
-                                  default=0, minimum=0),
+    "flood_threshold": Key("training", float,
+                            "flooding drops samples with |p(true) - 1| below this (released: 0.1)",
+                            default=0.1, above=0, maximum=1),
+    "warmup_counter": Key("training", str,
+                           "warm-up factor (i+1)/warmup with i the global step ('step') or, as the "
+                           "released scripts do, the batch index within the epoch ('batch_in_epoch')",
+                           default="step", choices=("step", "batch_in_epoch")),
+    "augment_validation": Key("dataset", int,
+                               "1: validation batches get the training augmentation, as in the released "
+                               "CIFAR CNN pipelines; 0: the evaluation transform", default=0, choices=(0, 1)),
+    "train_batches_per_epoch": Key("training", int,
+                                    "stop each epoch after this many batches; 0 = whole training set",
+                                    default=0, minimum=0),
+    "deterministic": Key("training", int,
+                         "1: deterministic kernels (cuDNN, cuBLAS), so a CUDA run is reproducible to the "
+                         "bit (slower); an operator without one is an error. The CPU's kernels already are",
+                         default=0, choices=(0, 1)),
     # opt-in speed-ups of the training step (docs/PERFORMANCE.md); the defaults are the released numerics
-    "compile": _k("training", int,
-                  "1: torch.compile the training step's forward, feedback and losses (and so their "
-                  "backward); the first steps of "
-                  "each batch shape compile; results differ from 0 in the last bits",
-                  default=0, choices=(0, 1)),
-    "precision": _k("training", str,
-                    "bf16: the training step runs under bfloat16 autocast (matmuls and convolutions "
-                    "in bfloat16; parameters, optimizer and evaluation stay float32); float32: as released",
-                    default="float32", choices=("float32", "bf16")),
-    "fused_pair_loss": _k("training", int,
-                          "CNN: 1 computes each layer-pair loss and its gradient in closed form "
-                          "(fewer products and passes over the activations); results differ from 0 "
-                          "in the last bits", default=0, choices=(0, 1)),
+    "compile": Key("training", int,
+                    "1: torch.compile the training step's forward, feedback and losses (and so their "
+                    "backward); the first steps of "
+                    "each batch shape compile; results differ from 0 in the last bits",
+                    default=0, choices=(0, 1)),
+    "precision": Key("training", str,
+                      "bf16: the training step runs under bfloat16 autocast (matmuls and convolutions "
+                      "in bfloat16; parameters, optimizer and evaluation stay float32); float32: as released",
+                      default="float32", choices=("float32", "bf16")),
+    "fused_pair_loss": Key("training", int,
+                            "CNN: 1 computes each layer-pair loss and its gradient in closed form "
+                            "(fewer products and passes over the activations); results differ from 0 "
+                            "in the last bits", default=0, choices=(0, 1)),
 }
 
 
@@ -263,6 +268,26 @@ def parse_cli_value(name: str, text: str) -> Any:
     return text
 
 
+class DuplicateKey(yaml.YAMLError):
+    pass
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML keeps the last of two equal keys; a config that sets `lr_F` twice is a mistake
+    whichever value was meant, so it is refused with both lines."""
+
+    def construct_mapping(self, node, deep=False):
+        first_line = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            if key in first_line:
+                raise DuplicateKey(f"key {key!r} appears twice, on lines {first_line[key]} and {line}; "
+                                   f"keep one")
+            first_line[key] = line
+        return super().construct_mapping(node, deep)
+
+
 def load_yaml_mapping(path: str | Path) -> dict:
     """The mapping at the top of a YAML file, or a ConfigError saying why there is none."""
     path = Path(path)
@@ -271,9 +296,11 @@ def load_yaml_mapping(path: str | Path) -> dict:
         raise ConfigError(f"config file {path} {problem}; pass --yaml with the path of a "
                           f"file such as yaml/mlp/mnist_ccl.yaml")
     try:
-        document = yaml.safe_load(path.read_text(encoding="utf-8"))
+        document = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)
     except (OSError, UnicodeDecodeError) as error:
         raise ConfigError(f"config file {path} cannot be read: {error}") from None
+    except DuplicateKey as error:
+        raise ConfigError(f"{path}: {error}") from None
     except yaml.YAMLError as error:
         raise ConfigError(f"{path} is not valid YAML: {error}") from None
     if not isinstance(document, dict):

@@ -1,5 +1,6 @@
-"""What the learning rules need to know about a problem: what the feedback network receives,
-the layer-pair losses, the output loss and the evaluation metrics."""
+"""Objectives: what the learning rules need to know about the problem a network solves (the
+config's `task`): what the feedback network receives, the layer-pair losses, the output loss
+and the evaluation metrics."""
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence

@@ -10,8 +10,8 @@ from typing import Any
 
 import torch
 
-from utils.config import (KEYS, SECTIONS, Config, build_config, closest, load_yaml_mapping,
-                          parse_cli_value, read_yaml_sections, section_values)
+from ccl.config import KEYS, SECTIONS, Config, build_config, closest, parse_cli_value, read_yaml_sections
+from ccl.run_dir import RunDir
 from utils.errors import ConfigError
 
 DEFAULT_DATA_ROOT = Path("data")
@@ -75,30 +75,32 @@ def _reject_unknown(parser: argparse.ArgumentParser, unknown: Sequence[str]) -> 
         raise ConfigError(f"unexpected argument {word!r}: every value follows a --flag")
 
 
-def resolve_device(requested: str | None) -> str:
+def resolve_device(requested: str | None, flag: str = "--device") -> str:
+    """The device a run uses; `flag` is the option that asked for it, named by the errors."""
     if requested is None:
         return "cuda" if torch.cuda.is_available() else "cpu"
     try:
         device = torch.device(requested)
     except (RuntimeError, ValueError):
-        raise ConfigError(f"--device {requested!r} is not a device; use cpu, cuda or cuda:N") from None
+        raise ConfigError(f"{flag} {requested!r} is not a device; use cpu, cuda or cuda:N") from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"--device {requested}: CUDA is not available here; use --device cpu")
+        raise ConfigError(f"{flag} {requested}: CUDA is not available here; use {flag} cpu")
     if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
-        raise ConfigError(f"--device {requested}: there are only {torch.cuda.device_count()} CUDA "
+        raise ConfigError(f"{flag} {requested}: there are only {torch.cuda.device_count()} CUDA "
                           f"devices (cuda:0 to cuda:{torch.cuda.device_count() - 1})")
     if device.type not in ("cpu", "cuda"):
-        raise ConfigError(f"--device {requested}: only cpu and cuda are supported")
+        raise ConfigError(f"{flag} {requested}: only cpu and cuda are supported")
     return str(device)
 
 
 def default_out_dir(yaml_path: Path, overrides: Mapping[str, Any], seed: int,
                     root: Path = Path("runs")) -> Path:
     """<root>/<config folder>/<config name>[-key=value...]/seed<seed>: distinct settings never
-    share a directory."""
-    name = yaml_path.stem + "".join(f"-{key}={value}" for key, value in sorted(overrides.items())
-                                    if key != "seed")
-    return Path(root) / yaml_path.parent.name / name / f"seed{seed}"
+    share a directory, and a config from anywhere (`--yaml ../x.yaml`) stays under the root."""
+    folder = Path(yaml_path).resolve().parent.name or "configs"
+    name = Path(yaml_path).stem + "".join(f"-{key}={value}" for key, value in sorted(overrides.items())
+                                          if key != "seed")
+    return Path(root) / folder / name / f"seed{seed}"
 
 
 def parse_command_line(argv: Sequence[str] | None, prog: str, description: str,
@@ -129,24 +131,12 @@ def _resumed(args, overrides) -> tuple[Config, RunOptions]:
         raise ConfigError(f"--resume continues a run with the config saved in its directory; "
                           f"drop {', '.join(changed)} (only {', '.join('--' + f for f in RESUMABLE_FLAGS)} "
                           f"may change)")
-    config, run = saved_run_config(args.resume, "--resume")
+    try:
+        config, run = RunDir(args.resume).saved_config()
+    except ConfigError as error:
+        raise ConfigError(f"--resume {args.resume}: {error}") from None
     yaml_path = Path(str(run["yaml"])) if run.get("yaml") else None
     data_root = args.data_root or Path(str(run.get("data_root") or DEFAULT_DATA_ROOT))
     saved_device = str(run["device"]) if run.get("device") else None
     device = resolve_device(args.device or saved_device)  # the run's own device by default
     return config, RunOptions(yaml_path, data_root, args.resume, device, True, False)
-
-
-def saved_run_config(run_dir: Path, flag: str) -> tuple[Config, dict[str, Any]]:
-    """The config of a run directory and how the run was started (its `run` section)."""
-    saved = Path(run_dir) / "config.yaml"
-    if not saved.is_file():
-        raise ConfigError(f"{flag} {run_dir}: no config.yaml there, so it is not a run "
-                          f"directory of this project")
-    document = load_yaml_mapping(saved)
-    config = build_config(section_values(document, str(saved), extra_sections=("run",)), {}, {},
-                          str(saved))
-    run = document.get("run") or {}
-    if not isinstance(run, dict):
-        raise ConfigError(f"{saved}: section run must be a mapping of key: value")
-    return config, run

@@ -1,0 +1,255 @@
+"""The run directory: the one place that knows what a run keeps on disk and how it is kept safe.
+
+    config.yaml     the resolved config and how the run was started (written first)
+    metrics.jsonl   one line per finished epoch
+    checkpoint.pt   everything needed to continue exactly (every epoch, and when stopped)
+    best.pt         the weights of the epoch with the lowest validation loss so far
+    results.json    the outcome: finished (test metrics) or diverged
+    .lock           held by the one process that writes the directory; its PID inside
+
+plus what some runs add (`OUTPUTS`). Three rules keep a user's files safe:
+- one writer: a process takes the lock for the whole run, and a second one is refused with
+  the PID that holds it (the kernel drops the lock of a process that died, so a new run simply
+  takes it over);
+- a directory is cleared only if it is provably a run directory of this project (its
+  config.yaml is a saved run config) holding nothing but files this project writes;
+- every write is atomic (utils/io.py), and a temporary file left by an interrupted write is
+  removed by the next run that takes the lock.
+"""
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ccl.config import KEYS, Config, build_config, load_yaml_mapping, section_values
+from utils.errors import ConfigError, UserError
+from utils.io import TEMPORARY_SUFFIX, save_torch, write_json, write_jsonl, write_text
+
+CONFIG, METRICS, CHECKPOINT, BEST, RESULTS = (
+    "config.yaml", "metrics.jsonl", "checkpoint.pt", "best.pt", "results.json")
+LOCK = ".lock"
+RECONSTRUCTIONS = "reconstructions.png"  # autoencoder runs
+# every name this project writes into a run directory; nothing else is ever deleted
+OUTPUTS = (CONFIG, METRICS, CHECKPOINT, BEST, RESULTS, RECONSTRUCTIONS, LOCK)
+FINISHED, DIVERGED = "finished", "diverged"
+
+
+class RunDirError(ConfigError):
+    """A run directory that cannot be used as asked (exit code 2, nothing is touched)."""
+
+
+class Damaged(UserError):
+    """A file of a run directory that cannot be read back (exit code 1)."""
+
+
+class RunDir:
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self._lock: int | None = None
+
+    def __truediv__(self, name: str) -> Path:
+        return self.path / name
+
+    def __str__(self) -> str:
+        return str(self.path)
+
+    # --- one writer -------------------------------------------------------------------------
+    @contextmanager
+    def locked(self) -> Iterator["RunDir"]:
+        """Hold the directory's lock (creating the directory) until the block ends."""
+        self._check_usable()
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            descriptor = os.open(self.path / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as error:
+            raise RunDirError(f"cannot create the run directory {self.path}: {error.strerror}") from None
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(descriptor, 32, 0).decode(errors="replace").strip() or "unknown"
+            os.close(descriptor)
+            raise RunDirError(f"run directory {self.path} is in use by process {holder}, which is "
+                              f"writing it; wait for it to end or stop it, or choose another "
+                              f"--out_dir") from None
+        os.ftruncate(descriptor, 0)
+        os.pwrite(descriptor, f"{os.getpid()}\n".encode(), 0)
+        self._lock = descriptor
+        try:
+            self.remove_stale_temporaries()
+            yield self
+        finally:
+            self._lock = None
+            os.close(descriptor)  # releases the lock
+
+    def _check_usable(self) -> None:
+        if self.path.is_symlink():
+            raise RunDirError(f"--out_dir {self.path} is a symbolic link (to {os.readlink(self.path)}); "
+                              f"give the directory itself, or another --out_dir")
+        if self.path.exists() and not self.path.is_dir():
+            raise RunDirError(f"run directory {self.path} is a file; choose another --out_dir")
+
+    def remove_stale_temporaries(self) -> None:
+        """Temporary files of writes that never finished (a kill, a full disk): with the lock
+        held, no write of this directory is in progress."""
+        for name in OUTPUTS:
+            for temporary in self.path.glob(f".{name}.*{TEMPORARY_SUFFIX}"):
+                temporary.unlink(missing_ok=True)
+
+    # --- what the directory holds -----------------------------------------------------------
+    def foreign_entries(self) -> list[str]:
+        """Entries this project did not write (never deleted)."""
+        return sorted(entry.name for entry in self.path.iterdir()
+                      if entry.name not in OUTPUTS and not _is_temporary(entry.name))
+
+    def is_empty(self) -> bool:
+        return not self.path.exists() or not any(e.name != LOCK for e in self.path.iterdir())
+
+    def has_progress(self) -> bool:
+        """Whether anything would be lost by starting again: a finished epoch or an outcome."""
+        return any((self.path / name).exists() for name in (CHECKPOINT, BEST, RESULTS))
+
+    def saved_config(self) -> tuple[Config, dict[str, Any]]:
+        """The config the run was started with and how it was started (the `run` section)."""
+        path = self.path / CONFIG
+        if not path.is_file():
+            raise RunDirError(f"{self.path} has no {CONFIG}, so it is not a run directory of this project")
+        document = load_yaml_mapping(path)
+        config = build_config(section_values(document, str(path), extra_sections=("run",)), {}, {},
+                              str(path))
+        run = document.get("run")
+        if not isinstance(run, dict):
+            raise RunDirError(f"{path} has no run section, so it was not written by this project")
+        return config, run
+
+    def project_run_config(self) -> tuple[Config, dict[str, Any]]:
+        """`saved_config()`, or a RunDirError saying the directory is not this project's."""
+        try:
+            return self.saved_config()
+        except ConfigError:
+            raise RunDirError(f"{self.path} is not a run directory of this project (it has no "
+                              f"{CONFIG} written by a run), so it is left alone: choose another "
+                              f"--out_dir") from None
+
+    def clear(self) -> None:
+        """Delete what a run wrote, keeping the lock. Refused (nothing deleted) unless the
+        directory is provably a run directory of this project holding only its files."""
+        assert self._lock is not None, "clear() needs the lock"
+        self.project_run_config()
+        foreign = self.foreign_entries()
+        if foreign:
+            raise RunDirError(f"{self.path} holds files this project did not write "
+                              f"({', '.join(foreign[:5])}{', ...' if len(foreign) > 5 else ''}), "
+                              f"so it is left alone: move them away, or choose another --out_dir")
+        for name in OUTPUTS:
+            entry = self.path / name
+            if name == LOCK or not entry.exists():
+                continue
+            shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
+
+    # --- reading and writing ----------------------------------------------------------------
+    def write_config(self, text: str) -> None:
+        write_text(self.path / CONFIG, text)
+
+    def write_metrics(self, rows: list[dict]) -> None:
+        write_jsonl(self.path / METRICS, rows)
+
+    def save_checkpoint(self, state: dict) -> None:
+        save_torch(self.path / CHECKPOINT, state)
+
+    def save_best(self, weights: dict) -> None:
+        save_torch(self.path / BEST, weights)
+
+    def write_results(self, results: dict) -> None:
+        write_json(self.path / RESULTS, results)
+
+    def remove_results(self) -> None:
+        (self.path / RESULTS).unlink(missing_ok=True)
+
+    def read_results(self) -> dict | None:
+        """results.json (None when the run has none); a damaged one is a `Damaged` error."""
+        path = self.path / RESULTS
+        try:
+            results = json.loads(path.read_text())
+        except FileNotFoundError:
+            return None
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+            raise Damaged(f"{path} cannot be read ({error})") from None
+        problem = _results_problem(results)
+        if problem:
+            raise Damaged(f"{path} is damaged: {problem}")
+        return results
+
+    def state(self) -> str:
+        """finished or diverged (results.json), interrupted (a checkpoint), or new."""
+        results = self.read_results()
+        if results is not None:
+            return results["status"]
+        return "interrupted" if (self.path / CHECKPOINT).is_file() else "new"
+
+    def load_checkpoint(self, config: Config) -> dict | None:
+        """The run's checkpoint, on the CPU (None before its first epoch ended). It must have
+        been written with `config`: an edited config.yaml would silently change the run."""
+        state = _load(self.path / CHECKPOINT, "checkpoint", missing_ok=True,
+                      fix="the run cannot continue from it: start it again with --overwrite")
+        if state is None:
+            return None
+        if not isinstance(state, dict) or not isinstance(state.get("config"), dict):
+            raise Damaged(f"{self.path / CHECKPOINT} is not a checkpoint of this project")
+        changed = {name: (value, getattr(config, name)) for name, value in state["config"].items()
+                   if name in KEYS and value != getattr(config, name)}
+        if changed:
+            edits = ", ".join(f"{name} {old!r} -> {new!r}" for name, (old, new) in changed.items())
+            raise RunDirError(f"{self.path / CONFIG} was changed after the run started ({edits}); "
+                              f"a run keeps its config: undo the change, or start a new run with "
+                              f"--yaml and another --out_dir")
+        return state
+
+    def load_best(self, device) -> dict:
+        """The weights of the best epoch, on `device`."""
+        if not (self.path / BEST).is_file():
+            raise RunDirError(f"{self.path} has no {BEST}: its run has not finished an epoch")
+        return _load(self.path / BEST, "best model", map_location=device,
+                     fix="train the run again with --overwrite")
+
+
+def _is_temporary(name: str) -> bool:
+    return name.startswith(".") and name.endswith(TEMPORARY_SUFFIX)
+
+
+def _results_problem(results: Any) -> str | None:
+    if not isinstance(results, dict) or results.get("status") not in (FINISHED, DIVERGED):
+        return "no status finished or diverged"
+    if results["status"] == FINISHED:
+        missing = [k for k in ("best_epoch", "wall_seconds") if k not in results]
+        if not any(k.startswith("test_") for k in results):
+            missing.append("test metrics")
+        if missing:
+            return f"it lacks {', '.join(missing)}"
+    return None
+
+
+def _load(path: Path, what: str, fix: str, missing_ok: bool = False, map_location="cpu"):
+    """torch.load of a file of the run, telling a damaged file (`fix` says what to do) from an
+    unreadable disk (a disk that may come back: the file is left alone, and no fix is offered
+    that would delete it)."""
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except FileNotFoundError:
+        if missing_ok:
+            return None
+        raise
+    except OSError as error:
+        raise UserError(f"the {what} {path} cannot be read: {error.strerror or error} "
+                        f"(the file is left as it is)") from None
+    except Exception as error:  # noqa: BLE001  (every unpickling failure means a damaged file)
+        summary = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise Damaged(f"the {what} {path} is damaged ({summary}); {fix}") from None
+

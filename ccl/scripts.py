@@ -1,0 +1,100 @@
+"""What each entry script trains and how: the declarations that `ccl.experiment.main` runs.
+
+    main_class_mlp.py   MLP           the paper's MLPs (Table 1)
+    main_class_cnn.py   CNN           the paper's CNNs (Table 3 and the other CNN configs)
+    main_ae.py          AUTOENCODER   the STL-10 convolutional autoencoder
+
+A config's folder under yaml/ names the script that trains it (`BY_CONFIG_FOLDER`).
+"""
+from __future__ import annotations
+
+from functools import partial
+
+from ccl.config import Config
+from ccl.experiment import Script
+from ccl.losses import cnn_alignment_loss, fused_cnn_alignment_loss, mlp_alignment_loss
+from ccl.objectives import Classification, Reconstruction, flood_threshold
+from utils.data.recipes import CNN_TRANSFORMS, ae_data, cnn_data, mlp_data
+from utils.data.task_transforms import TASK_TRANSFORMS
+from utils.errors import ConfigError
+from utils.figures import save_reconstructions
+
+
+def mlp_objective(config: Config, num_classes: int) -> Classification:
+    return Classification(num_classes, partial(mlp_alignment_loss, loss_scale_C=config.loss_scale_C),
+                          flood_threshold(config))
+
+
+def no_schedules(config: Config) -> None:
+    if config.warmup or config.tmax:
+        raise ConfigError(f"{MLP.prog} trains without warm-up or cosine schedule (as released): "
+                          f"set warmup: 0 and tmax: 0 (got warmup {config.warmup}, tmax {config.tmax})")
+
+
+MLP = Script(
+    prog="main_class_mlp.py",
+    description="Train an MLP on MNIST, FashionMNIST, CIFAR-10 or CIFAR-100 with BP or CCL.",
+    task="classification",
+    architectures=("simple_linear",),
+    datasets=("MNIST", "FashionMNIST", "CIFAR10", "CIFAR100"),
+    make_data=mlp_data,
+    make_objective=mlp_objective,
+    defaults={"task_transform": "none"},
+    check=no_schedules,
+    # no decorrelation or normalised terms, no augmentation, a pair loss with nothing to fuse
+    ignored=("loss_scale_ssl", "loss_scale_D", "augment_validation", "fused_pair_loss"),
+)
+
+
+def cnn_objective(config: Config, num_classes: int) -> Classification:
+    pair_loss = fused_cnn_alignment_loss if config.fused_pair_loss else cnn_alignment_loss
+    alignment = partial(pair_loss, loss_scale_C=config.loss_scale_C,
+                        loss_scale_ssl=config.loss_scale_ssl)
+    return Classification(num_classes, alignment, flood_threshold(config))
+
+
+CNN = Script(
+    prog="main_class_cnn.py",
+    description="Train a CNN on CIFAR-10, CIFAR-100, STL-10 (32x32), MNIST or FashionMNIST "
+                "(32x32) with BP or CCL.",
+    task="classification",
+    architectures=("cnn", "cnn_pool"),
+    datasets=tuple(CNN_TRANSFORMS),
+    make_data=cnn_data,
+    make_objective=cnn_objective,
+    defaults={"task_transform": "none"},
+    ignored=("loss_scale_D",),
+)
+
+
+def ae_objective(config: Config, num_classes: int) -> Reconstruction:
+    return Reconstruction(config.loss_scale_C, config.loss_scale_D)
+
+
+def ae_check(config: Config) -> None:
+    if config.task_transform not in TASK_TRANSFORMS:
+        raise ConfigError(f"{AUTOENCODER.prog} takes task_transform {', '.join(TASK_TRANSFORMS)}; "
+                          f"got {config.task_transform!r}")
+    if config.bias_init != "zero":
+        raise ConfigError(f"{AUTOENCODER.prog} initialises biases as released whatever bias_init "
+                          f"says (forward biases zero, feedback biases PyTorch's default): set "
+                          f"bias_init: zero (got {config.bias_init!r})")
+
+
+AUTOENCODER = Script(
+    prog="main_ae.py",
+    description="Train the STL-10 convolutional autoencoder with BP or CCL.",
+    task="autoencoder",
+    architectures=("cnn_pool_autoencoder", "cnn_stride_autoencoder"),
+    datasets=("STL10",),
+    make_data=ae_data,
+    make_objective=ae_objective,
+    # the released script has no flooding: a config without filter_target means it off
+    defaults={"task_transform": "same", "filter_target": 0.0},
+    check=ae_check,
+    report=save_reconstructions,
+    # no decorrelation terms, no flooding; fused_pair_loss is the classification CNN's
+    ignored=("loss_scale_ssl", "filter_target", "fused_pair_loss"),
+)
+
+BY_CONFIG_FOLDER = {"mlp": MLP, "cnn": CNN, "cnn_ae": AUTOENCODER}
