@@ -1,0 +1,479 @@
+"""Figures of runs (the paper's analyses, SPEC section 9): PNG files drawn with matplotlib's Agg
+canvas (no screen needed).
+
+    python -m ccl.figures cka RUN_DIR [--epochs E ...]        CKA heatmaps at chosen epochs
+    python -m ccl.figures alignment RUN_DIR ...               weight cosine and gradient angle over epochs
+    python -m ccl.figures kernels RUN_BP RUN_CCL [--count K]  first-layer conv kernels side by side
+    python -m ccl.figures curves RUN_DIR ...                  loss and accuracy (AE: MSE) per epoch
+    python -m ccl.figures grid GRID_CSV [--title T]           test accuracy over lr_F x lr_B
+
+Each takes `--out FILE`; by default the figure goes into the first run directory given
+(`cka.png`, `alignment.png`, `kernels.png`, `curves.png`), or beside the CSV (`GRID.png`).
+
+What they read:
+- `RUN_DIR/analysis.jsonl`: one JSON object per line, one line per analysed epoch (0 = before
+  training): {"epoch": E, "layers": ["layer1", ...], "cka": [[...]] (L x L, rows a_1..a_L, columns
+  b_0..b_{L-1}), "weight_cosine": [...] (L), "grad_angle_deg": [...] (L)}; null where a value is
+  undefined. The record of `ccl.analysis.analyse` with its epoch.
+- `RUN_DIR/metrics.jsonl`: the trainer's rows, of which `epoch`, `train_loss` and either
+  `val_loss` and `val_acc` (classification) or `val_mse` (autoencoder).
+- `RUN_DIR/best.pt`: a state dict with `layer1.fwd.weight` of shape (out, in, kh, kw), in = 1 or 3.
+- `RUN_DIR/config.yaml` (optional): titles read `<config folder>/<config name>, seed S` from its
+  `run: yaml:` path and `training: seed:`; without it, the directory's name.
+- `RUN_DIR/results.json` (optional): `best_epoch`, for the kernels' title.
+- GRID_CSV: a header and one row per (lr_F, lr_B) cell, columns
+      lr_F, lr_B   the forward and feedback learning rates (numbers)
+      mean, std    mean and standard deviation over the cell's seeds of the test accuracy in %
+                   (std empty when n < 2, both empty when n = 0)
+      n            the number of seeds behind the cell (an integer)
+  in any order; other columns are ignored. Cells missing from the CSV, or with n = 0, are grey.
+
+Bad input (a missing file or column, a record without a key) is a ConfigError: one line naming
+the problem, exit code 2. The plotting functions (`*_figure`) take plain data and return a
+matplotlib Figure, so other code can draw them without files.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import sys
+import textwrap
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib
+import numpy as np
+import torch
+import yaml
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.ticker import MaxNLocator
+
+from ccl.trainer import BEST, METRICS, RESULTS
+from utils.errors import ConfigError, UserError
+
+ANALYSIS = "analysis.jsonl"
+ANALYSIS_KEYS = ("epoch", "layers", "cka", "weight_cosine", "grad_angle_deg")
+GRID_COLUMNS = ("lr_F", "lr_B", "mean", "std", "n")
+FIRST_LAYER_WEIGHT = "layer1.fwd.weight"
+DPI = 100
+LINE_STYLES = ("-", "--", ":", "-.")
+MISSING_COLOUR = "lightgrey"
+TITLE_CHARACTERS_PER_INCH = 11  # what fits of a 10-point title
+KERNEL_COLUMNS = 8
+
+
+# --- reading runs --------------------------------------------------------------------------
+def _run_dir(path: Path) -> Path:
+    if not Path(path).is_dir():
+        raise ConfigError(f"{path}: no such run directory")
+    return Path(path)
+
+
+def run_title(run_dir: Path) -> str:
+    """'<config folder>/<config name>, seed S' from the run's config.yaml, else its directory name."""
+    try:
+        document = yaml.safe_load((Path(run_dir) / "config.yaml").read_text())
+        config_path, seed = Path(document["run"]["yaml"]), document["training"]["seed"]
+    except (OSError, yaml.YAMLError, KeyError, TypeError):
+        return Path(run_dir).resolve().name
+    return f"{config_path.parent.name}/{config_path.stem}, seed {seed}"
+
+
+def read_jsonl(path: Path, required: Sequence[str]) -> list[dict]:
+    """The objects of a JSON-lines file, each checked for the `required` keys."""
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such file")
+    rows = []
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise ConfigError(f"{path}, line {number}: not JSON ({error.msg})") from None
+        missing = [key for key in required if not isinstance(row, dict) or key not in row]
+        if missing:
+            raise ConfigError(f"{path}, line {number}: no {', '.join(missing)}")
+        rows.append(row)
+    if not rows:
+        raise ConfigError(f"{path}: no records")
+    return rows
+
+
+def analysis_records(run_dir: Path) -> list[dict]:
+    """The run's analysis records, by epoch."""
+    path = _run_dir(run_dir) / ANALYSIS
+    if not path.is_file():
+        raise ConfigError(f"{run_dir}: no {ANALYSIS}, so no analysis records (the run was not "
+                          f"analysed during training)")
+    records = sorted(read_jsonl(path, ANALYSIS_KEYS), key=lambda record: record["epoch"])
+    for record in records:
+        layers = len(record["layers"])
+        shapes_agree = (len(record["cka"]) == layers and all(len(row) == layers for row in record["cka"])
+                        and len(record["weight_cosine"]) == len(record["grad_angle_deg"]) == layers)
+        if not shapes_agree:
+            raise ConfigError(f"{path}, epoch {record['epoch']}: cka is not {layers} x {layers} or "
+                              f"weight_cosine, grad_angle_deg have not {layers} entries (one per layer)")
+    return records
+
+
+def metrics_rows(run_dir: Path) -> list[dict]:
+    return read_jsonl(_run_dir(run_dir) / METRICS, ("epoch", "train_loss"))
+
+
+def best_epoch(run_dir: Path) -> int | None:
+    """The epoch of best.pt, where results.json says it."""
+    try:
+        return json.loads((Path(run_dir) / RESULTS).read_text())["best_epoch"]
+    except (OSError, json.JSONDecodeError, KeyError, TypeError):
+        return None
+
+
+def first_layer_kernels(run_dir: Path) -> torch.Tensor:
+    """`layer1.fwd.weight` of the run's best.pt: (out, in, kh, kw) with in = 1 or 3."""
+    path = _run_dir(run_dir) / BEST
+    if not path.is_file():
+        raise ConfigError(f"{run_dir}: no {BEST}, so no weights (the run has not finished an epoch)")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # noqa: BLE001  (torch.load raises many kinds for a bad file)
+        raise ConfigError(f"{path}: not a readable state dict ({type(error).__name__})") from None
+    weight = state.get(FIRST_LAYER_WEIGHT) if isinstance(state, dict) else None
+    if weight is None:
+        raise ConfigError(f"{path}: no {FIRST_LAYER_WEIGHT}")
+    if weight.dim() != 4 or weight.shape[1] not in (1, 3):
+        raise ConfigError(f"{path}: {FIRST_LAYER_WEIGHT} has shape {tuple(weight.shape)}; kernels "
+                          f"draws conv kernels (out, in, kh, kw) of greyscale or RGB input (in = 1 or 3)")
+    return weight.float()
+
+
+def read_grid(path: Path) -> list[dict]:
+    """The cells of a grid CSV (module docstring): lr_F, lr_B, mean, std (NaN when empty), n."""
+    if not Path(path).is_file():
+        raise ConfigError(f"{path}: no such file")
+    with open(path, newline="") as stream:
+        reader = csv.DictReader(stream)
+        missing = [column for column in GRID_COLUMNS if column not in (reader.fieldnames or ())]
+        if missing:
+            raise ConfigError(f"{path}: no column {', '.join(missing)} (a grid CSV has the columns "
+                              f"{', '.join(GRID_COLUMNS)})")
+        cells = [_grid_cell(row, path, number) for number, row in enumerate(reader, start=2)]
+    if not cells:
+        raise ConfigError(f"{path}: no rows")
+    coordinates = [(cell["lr_F"], cell["lr_B"]) for cell in cells]
+    if len(set(coordinates)) != len(coordinates):
+        raise ConfigError(f"{path}: a (lr_F, lr_B) cell appears on more than one row")
+    return cells
+
+
+def _grid_cell(row: dict, path: Path, number: int) -> dict:
+    try:
+        return {"lr_F": float(row["lr_F"]), "lr_B": float(row["lr_B"]),
+                "mean": float(row["mean"] or "nan"), "std": float(row["std"] or "nan"),
+                "n": int(row["n"])}
+    except (TypeError, ValueError):
+        raise ConfigError(f"{path}, line {number}: lr_F, lr_B, mean, std must be numbers and n an "
+                          f"integer") from None
+
+
+# --- drawing -------------------------------------------------------------------------------
+def _figure(width: float, height: float) -> Figure:
+    figure = Figure(figsize=(width, height), dpi=DPI, layout="constrained")
+    FigureCanvasAgg(figure)
+    return figure
+
+
+def _suptitle(figure: Figure, text: str) -> None:
+    width = int(figure.get_figwidth() * TITLE_CHARACTERS_PER_INCH)
+    figure.suptitle("\n".join(textwrap.wrap(text, width)), fontsize=10)
+
+
+def _epoch_axis(ax) -> None:
+    ax.set_xlabel("epoch")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.grid(alpha=0.3)
+
+
+def _text_colour(image, value: float) -> str:
+    """Black on the light end of the colour map, white on the dark end."""
+    return "black" if image.norm(value) > 0.6 else "white"
+
+
+def save_png(figure: Figure, path: Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, format="png", dpi=DPI)
+    return path
+
+
+def _nan_for_null(values) -> np.ndarray:
+    return np.array([math.nan if v is None else v for v in values], dtype=float)
+
+
+def _colours(count: int) -> list:
+    """`count` distinct colours: tab10's while they last, else spread over viridis."""
+    colour_map = matplotlib.colormaps["tab10" if count <= 10 else "viridis"]
+    return [colour_map(i if count <= 10 else i / max(count - 1, 1)) for i in range(count)]
+
+
+def _line_styles(count: int) -> list[str]:
+    return [LINE_STYLES[index % len(LINE_STYLES)] for index in range(count)]
+
+
+def _epoch_span(epochs) -> str:
+    first, last = min(epochs), max(epochs)
+    return f"epoch {first}" if first == last else f"epochs {first}-{last}"
+
+
+def cka_figure(records: Sequence[dict], title: str) -> Figure:
+    """One heatmap per record: rows the forward outputs a_1..a_L, columns the feedback outputs
+    b_0..b_{L-1}, each labelled with the layer whose map made it; grey where CKA is undefined."""
+    layers = records[0]["layers"]
+    figure = _figure(0.6 + 3.4 * len(records), 3.9)
+    axes = figure.subplots(1, len(records), squeeze=False)[0]
+    colour_map = matplotlib.colormaps["viridis"].with_extremes(bad=MISSING_COLOUR)
+    for ax, record in zip(axes, records):
+        matrix = np.array([_nan_for_null(row) for row in record["cka"]])
+        image = ax.imshow(np.ma.masked_invalid(matrix), cmap=colour_map, vmin=0, vmax=1)
+        if len(layers) <= 8:
+            for (i, j), value in np.ndenumerate(matrix):
+                if math.isfinite(value):
+                    ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=6,
+                            color=_text_colour(image, value))
+        ax.set_xticks(range(len(layers)), [f"b{j} {name}" for j, name in enumerate(layers)],
+                      rotation=45, ha="right", fontsize=7)
+        ax.set_yticks(range(len(layers)), [f"a{i + 1} {name}" for i, name in enumerate(layers)],
+                      fontsize=7)
+        ax.set_xlabel("feedback output b (of the layer's feedback map)", fontsize=8)
+        ax.set_title(f"epoch {record['epoch']}" + (" (initial)" if record["epoch"] == 0 else ""),
+                     fontsize=9)
+    axes[0].set_ylabel("forward output a (of the layer's forward map)", fontsize=8)
+    figure.colorbar(image, ax=list(axes), shrink=0.8, label="linear CKA")
+    _suptitle(figure, f"{title}: linear CKA of forward vs feedback outputs")
+    return figure
+
+
+def alignment_figure(runs: Sequence[tuple[str, Sequence[dict]]]) -> Figure:
+    """Per layer over epochs: the cosine of the forward and (transposed) feedback weights, and
+    the angle of the rule's gradient to backprop's. One colour per layer, one line style per run."""
+    layer_names = list(dict.fromkeys(name for _, records in runs for r in records for name in r["layers"]))
+    colours = dict(zip(layer_names, _colours(len(layer_names))))
+    figure = _figure(10, 4.6)
+    cosine_ax, angle_ax = figure.subplots(1, 2)
+    styles = _line_styles(len(runs))
+    for (_, records), style in zip(runs, styles):
+        epochs = [record["epoch"] for record in records]
+        for index, name in enumerate(records[0]["layers"]):
+            for ax, key in ((cosine_ax, "weight_cosine"), (angle_ax, "grad_angle_deg")):
+                values = _nan_for_null([record[key][index] for record in records])
+                ax.plot(epochs, values, linestyle=style, color=colours[name], marker=".", markersize=3)
+    cosine_ax.set_ylabel("cosine(forward weight, feedback weight transposed)")
+    angle_ax.set_ylabel("angle to backprop's gradient (degrees)")
+    for ax in (cosine_ax, angle_ax):
+        _epoch_axis(ax)
+    layer_handles = [Line2D([], [], color=colours[name], label=name) for name in layer_names]
+    run_handles = [Line2D([], [], color="black", linestyle=style, label=title)
+                   for (title, _), style in zip(runs, styles)]
+    handles = layer_handles + run_handles
+    figure.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 6), fontsize=7)
+    epochs = [record["epoch"] for _, records in runs for record in records]
+    _suptitle(figure, f"{'; '.join(title for title, _ in runs)}: weight and gradient alignment, "
+                      f"{_epoch_span(epochs)}")
+    return figure
+
+
+def kernel_mosaic(weight: torch.Tensor, count: int) -> np.ndarray:
+    """The first `count` kernels of a conv weight (out, in, kh, kw) as one RGB image: each kernel
+    scaled to [0, 1] on its own (a constant kernel is mid-grey), grey when in = 1, a white line
+    between kernels, `KERNEL_COLUMNS` per row."""
+    kernels = weight[:count].double()
+    low = kernels.amin(dim=(1, 2, 3), keepdim=True)
+    span = kernels.amax(dim=(1, 2, 3), keepdim=True) - low
+    varies = span > 0
+    scaled = torch.where(varies, (kernels - low) / torch.where(varies, span, 1.0), 0.5)
+    scaled = scaled.expand(-1, 3, -1, -1).permute(0, 2, 3, 1).numpy()  # (k, kh, kw, RGB)
+    rows = math.ceil(len(scaled) / KERNEL_COLUMNS)
+    height, width = scaled.shape[1:3]
+    mosaic = np.ones((rows * (height + 1) + 1, KERNEL_COLUMNS * (width + 1) + 1, 3))
+    for index, kernel in enumerate(scaled):
+        top, left = 1 + (index // KERNEL_COLUMNS) * (height + 1), 1 + (index % KERNEL_COLUMNS) * (width + 1)
+        mosaic[top:top + height, left:left + width] = kernel
+    return mosaic
+
+
+def kernels_figure(panels: Sequence[tuple[str, torch.Tensor]], count: int = 64) -> Figure:
+    """One mosaic of first-layer kernels per (title, weight), side by side."""
+    figure = _figure(0.5 + 3.6 * len(panels), 4.2)
+    axes = figure.subplots(1, len(panels), squeeze=False)[0]
+    for ax, (title, weight) in zip(axes, panels):
+        shown = min(count, len(weight))
+        ax.imshow(kernel_mosaic(weight, shown), interpolation="nearest")
+        ax.set_xticks([])
+        ax.set_yticks([])
+        colour = "RGB" if weight.shape[1] == 3 else "grey"
+        ax.set_xlabel(f"first {shown} of {len(weight)} kernels {tuple(weight.shape[2:])}, {colour},\n"
+                      f"each scaled to [0, 1]", fontsize=8)
+        ax.set_title(title, fontsize=9)
+    _suptitle(figure, "layer1 forward kernels")
+    return figure
+
+
+def curves_figure(runs: Sequence[tuple[str, Sequence[dict]]]) -> Figure:
+    """Left: training loss (solid; the rule's own loss: CCL's includes its pair losses) and
+    validation loss (dashed); right: validation accuracy, or the autoencoder's validation MSE.
+    One colour per run; the first run's metric decides which."""
+    metric = validation_metric(runs[0][1])
+    figure = _figure(10, 4)
+    loss_ax, metric_ax = figure.subplots(1, 2)
+    for (title, rows), colour in zip(runs, _colours(len(runs))):
+        epochs = [row["epoch"] for row in rows]
+        loss_ax.plot(epochs, [row["train_loss"] for row in rows], color=colour, label=f"{title}, train")
+        if "val_loss" in rows[0]:
+            loss_ax.plot(epochs, [row.get("val_loss", math.nan) for row in rows], color=colour,
+                         linestyle="--", label=f"{title}, validation")
+        scale = 100 if metric == "val_acc" else 1
+        metric_ax.plot(epochs, [row.get(metric, math.nan) * scale for row in rows], color=colour,
+                       marker=".", label=title)
+    loss_ax.set_ylabel("loss (training: the rule's own)")
+    metric_ax.set_ylabel("validation accuracy (%)" if metric == "val_acc" else "validation MSE")
+    for ax in (loss_ax, metric_ax):
+        _epoch_axis(ax)
+        ax.legend(fontsize=7)
+    epochs = [row["epoch"] for _, rows in runs for row in rows]
+    _suptitle(figure, f"{'; '.join(title for title, _ in runs)}: training curves, {_epoch_span(epochs)}")
+    return figure
+
+
+def grid_figure(cells: Sequence[dict], title: str) -> Figure:
+    """Mean test accuracy per (lr_F, lr_B), the seed count in each cell; grey where no seed ran."""
+    forward_rates = sorted({cell["lr_F"] for cell in cells})
+    feedback_rates = sorted({cell["lr_B"] for cell in cells})
+    means = np.full((len(feedback_rates), len(forward_rates)), math.nan)
+    figure = _figure(1.5 + 0.9 * len(forward_rates), 1.2 + 0.6 * len(feedback_rates))
+    ax = figure.subplots()
+    counts = np.full(means.shape, -1)  # -1: not in the CSV
+    for cell in cells:
+        row, column = feedback_rates.index(cell["lr_B"]), forward_rates.index(cell["lr_F"])
+        counts[row, column] = cell["n"]
+        if cell["n"] > 0:
+            means[row, column] = cell["mean"]
+    colour_map = matplotlib.colormaps["viridis"].with_extremes(bad=MISSING_COLOUR)
+    image = ax.imshow(np.ma.masked_invalid(means), cmap=colour_map, origin="lower", aspect="auto")
+    for (row, column), count in np.ndenumerate(counts):
+        mean = means[row, column]
+        label = {-1: "not run", 0: "n=0"}.get(count, f"{mean:.1f}\nn={count}")
+        colour = _text_colour(image, mean) if math.isfinite(mean) else "black"
+        ax.text(column, row, label, ha="center", va="center", fontsize=7, color=colour)
+    ax.set_xticks(range(len(forward_rates)), [f"{rate:g}" for rate in forward_rates])
+    ax.set_yticks(range(len(feedback_rates)), [f"{rate:g}" for rate in feedback_rates])
+    ax.set_xlabel("forward learning rate lr_F")
+    ax.set_ylabel("feedback learning rate lr_B")
+    figure.colorbar(image, ax=ax, label="mean test accuracy (%)")
+    _suptitle(figure, f"{title}: test accuracy at the best epoch, mean over n seeds")
+    return figure
+
+
+# --- the command line ----------------------------------------------------------------------
+def default_cka_epochs(available: Sequence[int]) -> list[int]:
+    """The first analysed epoch, 1, 5 and the last, those of them that were analysed."""
+    wanted = {min(available), 1, 5, max(available)}
+    return sorted(wanted & set(available))
+
+
+def draw_cka(args) -> Path:
+    records = analysis_records(args.run)
+    by_epoch = {record["epoch"]: record for record in records}
+    epochs = args.epochs or default_cka_epochs(list(by_epoch))
+    missing = [epoch for epoch in epochs if epoch not in by_epoch]
+    if missing:
+        raise ConfigError(f"{args.run / ANALYSIS} has no record of epoch "
+                          f"{', '.join(map(str, missing))}; it has epochs {', '.join(map(str, by_epoch))}")
+    figure = cka_figure([by_epoch[epoch] for epoch in epochs], run_title(args.run))
+    return save_png(figure, args.out or args.run / "cka.png")
+
+
+def draw_alignment(args) -> Path:
+    runs = [(run_title(run), analysis_records(run)) for run in args.runs]
+    return save_png(alignment_figure(runs), args.out or args.runs[0] / "alignment.png")
+
+
+def draw_kernels(args) -> Path:
+    if args.count < 1:
+        raise ConfigError(f"--count {args.count}: draw at least one kernel")
+    panels = []
+    for run in args.runs:
+        weight, epoch = first_layer_kernels(run), best_epoch(run)
+        panels.append((f"{run_title(run)}\n{BEST}" + (f", epoch {epoch}" if epoch is not None else ""),
+                       weight))
+    return save_png(kernels_figure(panels, args.count), args.out or args.runs[0] / "kernels.png")
+
+
+def validation_metric(rows: Sequence[dict]) -> str:
+    """`val_acc` for a classification run's metrics, `val_mse` for an autoencoder's."""
+    return "val_acc" if "val_acc" in rows[0] else "val_mse"
+
+
+def draw_curves(args) -> Path:
+    runs = [(run_title(run), metrics_rows(run)) for run in args.runs]
+    metric = validation_metric(runs[0][1])
+    for run, (_, rows) in zip(args.runs, runs):
+        if metric not in rows[0]:
+            raise ConfigError(f"{run / METRICS} has no {metric}, as the first run's has: draw "
+                              f"curves of runs of one task")
+    return save_png(curves_figure(runs), args.out or args.runs[0] / "curves.png")
+
+
+def draw_grid(args) -> Path:
+    cells = read_grid(args.csv)
+    return save_png(grid_figure(cells, args.title or args.csv.stem), args.out or args.csv.with_suffix(".png"))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m ccl.figures",
+                                     description="Figures of runs: CKA, weight and gradient alignment, "
+                                                 "first-layer kernels, training curves, learning-rate grids.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    def command(name, draw, help_text):
+        sub = commands.add_parser(name, help=help_text, description=help_text)
+        sub.add_argument("--out", type=Path, default=None, help="PNG file to write")
+        sub.set_defaults(draw=draw)
+        return sub
+
+    cka = command("cka", draw_cka, "heatmaps of the forward x feedback CKA matrix at chosen epochs")
+    cka.add_argument("run", type=Path, metavar="RUN_DIR")
+    cka.add_argument("--epochs", type=int, nargs="+", default=None, metavar="E",
+                     help="epochs to draw (default: the first, 1, 5 and the last analysed)")
+    alignment = command("alignment", draw_alignment,
+                        "weight cosine and gradient angle per layer over epochs, runs overlaid")
+    alignment.add_argument("runs", type=Path, nargs="+", metavar="RUN_DIR")
+    kernels = command("kernels", draw_kernels, "first-layer conv kernels of runs side by side (e.g. BP, CCL)")
+    kernels.add_argument("runs", type=Path, nargs="+", metavar="RUN_DIR")
+    kernels.add_argument("--count", type=int, default=64, help="kernels per run (default 64)")
+    curves = command("curves", draw_curves, "training and validation loss, validation accuracy or MSE")
+    curves.add_argument("runs", type=Path, nargs="+", metavar="RUN_DIR")
+    grid = command("grid", draw_grid, "mean test accuracy over lr_F x lr_B, seed count per cell")
+    grid.add_argument("csv", type=Path, metavar="GRID_CSV")
+    grid.add_argument("--title", default=None, help="figure title (default: the CSV's name)")
+    # The autoencoder's reconstruction figure (utils/figures.py `compare`) joins here as a command.
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        out = args.draw(args)
+    except UserError as error:
+        print(f"{parser.prog}: error: {error}", file=sys.stderr)
+        return error.exit_code
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

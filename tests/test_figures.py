@@ -1,0 +1,248 @@
+"""`python -m ccl.figures`: every subcommand writes a readable PNG from tiny run files, and bad
+input stops with one line and exit code 2."""
+import json
+import subprocess
+import sys
+from functools import partial
+
+import matplotlib.image
+import pytest
+import torch
+import yaml
+
+from ccl import figures
+from ccl.analysis import analyse
+from ccl.losses import mlp_alignment_loss
+from ccl.rules import ccl_loss
+from ccl.tasks import Classification
+from conftest import REPO
+from models import LayerOptions, mlp
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+MAX_PNG_BYTES = 200_000
+LAYERS = [f"layer{index}" for index in range(1, 9)]  # the autoencoder's 8: the largest matrix
+
+
+def _record(epoch, layers=LAYERS):
+    generator = torch.Generator().manual_seed(epoch)
+    count = len(layers)
+    cka = torch.rand(count, count, generator=generator).tolist()
+    cka[-1][0] = None  # undefined values arrive as null
+    return {"epoch": epoch, "layers": layers, "cka": cka,
+            "weight_cosine": [None] + (torch.rand(count - 1, generator=generator) * 2 - 1).tolist(),
+            "grad_angle_deg": (torch.rand(count, generator=generator) * 90).tolist()}
+
+
+def _write_jsonl(path, rows):
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+
+
+def _run(tmp_path, name, *, config="mlp/mnist_ccl", seed=2023, epochs=(0, 1, 2, 5, 7),
+         in_channels=3, autoencoder=False):
+    """A run directory with the files the figures read."""
+    run = tmp_path / name
+    run.mkdir()
+    (run / "config.yaml").write_text(yaml.safe_dump(
+        {"method": {"method": "CCL"}, "training": {"seed": seed}, "run": {"yaml": f"yaml/{config}.yaml"}}))
+    _write_jsonl(run / figures.ANALYSIS, [_record(epoch) for epoch in epochs])
+    metrics = [{"epoch": e, "step": 10 * e, "train_loss": 2.0 / e, "seconds": 1.0,
+                **({"val_mse": 0.1 / e} if autoencoder else {"val_loss": 2.1 / e, "val_acc": 0.5 + e / 20})}
+               for e in range(1, 4)]
+    _write_jsonl(run / figures.METRICS, metrics)
+    weights = {"layer1.fwd.weight": torch.randn(128, in_channels, 3, 3), "layer1.bwd.weight": torch.randn(3)}
+    torch.save(weights, run / figures.BEST)
+    (run / figures.RESULTS).write_text(json.dumps({"status": "finished", "best_epoch": 3}))
+    return run
+
+
+def _grid_csv(tmp_path, header="lr_F,lr_B,mean,std,n,extra"):
+    path = tmp_path / "grid_mnist.csv"
+    rows = [header]
+    for lr_F in (0.05, 0.1, 0.2, 0.4, 0.8):
+        for lr_B in (0, 0.05, 0.1, 0.2, 0.4, 0.8):
+            if (lr_F, lr_B) == (0.8, 0.8):
+                continue  # a cell nobody ran
+            rows.append(f"{lr_F},{lr_B},{90 + 10 * lr_F - lr_B:.2f},0.1,5,x" if lr_B != 0.4
+                        else f"{lr_F},{lr_B},,,0,x")
+    path.write_text("\n".join(rows) + "\n")
+    return path
+
+
+def _assert_png(path):
+    data = path.read_bytes()
+    assert data.startswith(PNG_SIGNATURE)
+    assert len(data) < MAX_PNG_BYTES, f"{path.name}: {len(data)} bytes"
+    pixels = matplotlib.image.imread(path)
+    assert pixels.ndim == 3 and pixels.shape[0] > 100 and pixels.shape[1] > 100
+
+
+def _error_line(capsys):
+    err = capsys.readouterr().err
+    assert err.startswith("python -m ccl.figures: error: ") and err.count("\n") == 1, err
+    return err
+
+
+# --- every subcommand writes a PNG ---------------------------------------------------------
+def test_cka_writes_the_default_epochs_into_the_run_directory(tmp_path):
+    run = _run(tmp_path, "ccl")
+    assert figures.main(["cka", str(run)]) == 0
+    _assert_png(run / "cka.png")
+
+
+def test_cka_at_chosen_epochs_to_a_chosen_file(tmp_path):
+    run = _run(tmp_path, "ccl")
+    out = tmp_path / "figures" / "cka_2_7.png"
+    assert figures.main(["cka", str(run), "--epochs", "2", "7", "--out", str(out)]) == 0
+    _assert_png(out)
+
+
+def test_default_cka_epochs_are_first_one_five_and_last_where_analysed():
+    assert figures.default_cka_epochs([0, 1, 2, 5, 7]) == [0, 1, 5, 7]
+    assert figures.default_cka_epochs([0, 2, 4]) == [0, 4]
+    assert figures.default_cka_epochs([3]) == [3]
+
+
+def test_alignment_overlays_runs(tmp_path):
+    first, second = _run(tmp_path, "ccl"), _run(tmp_path, "bp", config="mlp/mnist_bp")
+    assert figures.main(["alignment", str(first), str(second)]) == 0
+    _assert_png(first / "alignment.png")
+
+
+def test_kernels_of_rgb_and_greyscale_runs(tmp_path):
+    rgb, grey = _run(tmp_path, "bp", in_channels=3), _run(tmp_path, "ccl", in_channels=1)
+    assert figures.main(["kernels", str(rgb), str(grey)]) == 0
+    _assert_png(rgb / "kernels.png")
+
+
+def test_kernel_mosaic_scales_each_kernel_and_greys_single_channel_kernels():
+    weight = torch.randn(10, 1, 3, 3) * torch.arange(1.0, 11.0)[:, None, None, None]
+    weight[9] = 4.0  # a constant kernel
+    mosaic = figures.kernel_mosaic(weight, count=10)
+    assert mosaic.shape == (2 * 4 + 1, figures.KERNEL_COLUMNS * 4 + 1, 3)
+    first, constant = mosaic[1:4, 1:4], mosaic[5:8, 5:8]
+    assert first.min() == 0.0 and first.max() == 1.0
+    assert (first[..., 0] == first[..., 1]).all() and (first[..., 1] == first[..., 2]).all()
+    assert (constant == 0.5).all()
+
+
+@pytest.mark.parametrize("autoencoder", [False, True])
+def test_curves_of_classification_and_autoencoder_runs(tmp_path, autoencoder):
+    first = _run(tmp_path, "ccl", autoencoder=autoencoder)
+    second = _run(tmp_path, "bp", autoencoder=autoencoder, config="mlp/mnist_bp")
+    assert figures.main(["curves", str(first), str(second)]) == 0
+    _assert_png(first / "curves.png")
+
+
+def test_grid_writes_beside_the_csv(tmp_path):
+    csv_path = _grid_csv(tmp_path)
+    assert figures.main(["grid", str(csv_path), "--title", "MNIST MLP, CCL"]) == 0
+    _assert_png(csv_path.with_suffix(".png"))
+
+
+def test_read_grid_parses_cells_and_leaves_empty_means_undefined(tmp_path):
+    cells = figures.read_grid(_grid_csv(tmp_path))
+    assert len(cells) == 29
+    assert cells[0] == {"lr_F": 0.05, "lr_B": 0.0, "mean": 90.5, "std": 0.1, "n": 5}
+    unrun = next(cell for cell in cells if cell["lr_B"] == 0.4)
+    assert unrun["n"] == 0 and unrun["mean"] != unrun["mean"]
+
+
+def test_analyse_records_draw_as_they_come(tmp_path):
+    """The record of ccl.analysis.analyse, with its epoch, is a line of analysis.jsonl."""
+    torch.manual_seed(0)
+    model = mlp([6, 5, 3], LayerOptions())
+    task = Classification(3, partial(mlp_alignment_loss, loss_scale_C=1.0), None)
+    x, y = torch.randn(8, 6), torch.randint(0, 3, (8,))
+    run = tmp_path / "analysed"
+    run.mkdir()
+    _write_jsonl(run / figures.ANALYSIS, [{"epoch": 0, **analyse(model, task, ccl_loss, x, y)}])
+    assert figures.main(["cka", str(run)]) == 0
+    assert figures.main(["alignment", str(run)]) == 0
+    _assert_png(run / "cka.png")
+
+
+def test_titles_name_the_config_and_seed_or_else_the_directory(tmp_path):
+    run = _run(tmp_path, "seed2023", config="cnn/cifar10_ccl", seed=7)
+    assert figures.run_title(run) == "cnn/cifar10_ccl, seed 7"
+    (run / "config.yaml").unlink()
+    assert figures.run_title(run) == "seed2023"
+
+
+# --- bad input -----------------------------------------------------------------------------
+def test_cka_of_a_run_without_analysis_records(tmp_path, capsys):
+    run = _run(tmp_path, "ccl")
+    (run / figures.ANALYSIS).unlink()
+    assert figures.main(["cka", str(run)]) == 2
+    assert "no analysis.jsonl" in _error_line(capsys)
+    (run / figures.ANALYSIS).write_text("\n")
+    assert figures.main(["alignment", str(run)]) == 2
+    assert "no records" in _error_line(capsys)
+
+
+def test_cka_of_an_epoch_that_was_not_analysed(tmp_path, capsys):
+    run = _run(tmp_path, "ccl")
+    assert figures.main(["cka", str(run), "--epochs", "1", "9"]) == 2
+    assert "no record of epoch 9; it has epochs 0, 1, 2, 5, 7" in _error_line(capsys)
+
+
+def test_records_that_are_not_json_or_lack_a_key(tmp_path, capsys):
+    run = _run(tmp_path, "ccl")
+    (run / figures.ANALYSIS).write_text(json.dumps(_record(0)) + "\n{not json\n")
+    assert figures.main(["cka", str(run)]) == 2
+    assert "line 2: not JSON" in _error_line(capsys)
+    record = _record(0)
+    del record["grad_angle_deg"]
+    _write_jsonl(run / figures.ANALYSIS, [record])
+    assert figures.main(["alignment", str(run)]) == 2
+    assert "line 1: no grad_angle_deg" in _error_line(capsys)
+    record = _record(0)
+    record["cka"] = record["cka"][:-1]
+    _write_jsonl(run / figures.ANALYSIS, [record])
+    assert figures.main(["cka", str(run)]) == 2
+    assert "cka is not 8 x 8" in _error_line(capsys)
+
+
+def test_missing_run_directory(tmp_path, capsys):
+    assert figures.main(["curves", str(tmp_path / "nowhere")]) == 2
+    assert "nowhere: no such run directory" in _error_line(capsys)
+
+
+def test_kernels_of_a_run_without_weights(tmp_path, capsys):
+    bp, ccl = _run(tmp_path, "bp"), _run(tmp_path, "ccl")
+    (ccl / figures.BEST).unlink()
+    assert figures.main(["kernels", str(bp), str(ccl)]) == 2
+    assert "no best.pt" in _error_line(capsys)
+    torch.save({"layer2.fwd.weight": torch.zeros(2)}, ccl / figures.BEST)
+    assert figures.main(["kernels", str(bp), str(ccl)]) == 2
+    assert "no layer1.fwd.weight" in _error_line(capsys)
+    torch.save({"layer1.fwd.weight": torch.zeros(4, 784)}, ccl / figures.BEST)
+    assert figures.main(["kernels", str(bp), str(ccl)]) == 2
+    assert "has shape (4, 784)" in _error_line(capsys)
+    (ccl / figures.BEST).write_bytes(b"not a checkpoint")
+    assert figures.main(["kernels", str(bp), str(ccl)]) == 2
+    assert "not a readable state dict" in _error_line(capsys)
+
+
+def test_curves_of_runs_of_two_tasks(tmp_path, capsys):
+    classification, autoencoder = _run(tmp_path, "cls"), _run(tmp_path, "ae", autoencoder=True)
+    assert figures.main(["curves", str(classification), str(autoencoder)]) == 2
+    assert "no val_acc" in _error_line(capsys)
+
+
+def test_grid_csv_without_a_column_or_with_a_bad_value(tmp_path, capsys):
+    csv_path = _grid_csv(tmp_path, header="lr_F,lr_B,mean,sd,n,extra")
+    assert figures.main(["grid", str(csv_path)]) == 2
+    assert "no column std" in _error_line(capsys)
+    csv_path.write_text("lr_F,lr_B,mean,std,n\n0.1,0.1,97.0,0.1,five\n")
+    assert figures.main(["grid", str(csv_path)]) == 2
+    assert "line 2:" in _error_line(capsys)
+    assert figures.main(["grid", str(tmp_path / "none.csv")]) == 2
+    assert "none.csv: no such file" in _error_line(capsys)
+
+
+def test_module_entry_point_exits_2_without_a_traceback(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "ccl.figures", "cka", str(tmp_path)], cwd=REPO,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert result.stderr.strip().startswith("python -m ccl.figures: error:")
+    assert "Traceback" not in result.stderr and result.stderr.count("\n") == 1
