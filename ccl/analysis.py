@@ -1,5 +1,5 @@
 """How the forward and feedback networks of a dual network relate (the paper's analyses,
-SPEC section 9), measured on a probe batch.
+docs/ALGORITHM.md section 9), measured on a probe batch.
 
 Three measures, one entry per dual layer l = 1..L (`layer1..layerL`):
 
@@ -24,11 +24,11 @@ Three measures, one entry per dual layer l = 1..L (`layer1..layerL`):
   resampling differs from backprop's (nearest upsampling rather than zero insertion or
   unpooling), so there cosine 1 means the kernels match, not that the maps are adjoint.
 - `grad_angle_deg`: the angle in degrees between the gradient that the run's rule gives the
-  forward weight of layer l and the gradient of the task's output loss by full backprop through
+  forward weight of layer l and the gradient of the objective's output loss by full backprop through
   the forward network (`ccl.rules.bp_loss`: cross-entropy, autoencoder: reconstruction MSE), at
   the same parameters, on the probe batch as one batch. The rule's gradient is its raw one:
   before gradient centralisation and clipping, unscaled by warm-up (a scale leaves the angle
-  alone), with flooding as the task object applies it, in float32 and uncompiled whatever the
+  alone), with flooding as the objective applies it, in float32 and uncompiled whatever the
   run's speed-ups. Under BP every angle is 0; under CCL so is the top layer's, whose only loss
   is the output loss (cross-entropy on the logits; the autoencoder's top pair is the
   reconstruction's MSE, scaled).
@@ -56,7 +56,7 @@ import torch
 
 from ccl.rules import bp_loss
 
-Rule = Callable[..., torch.Tensor]  # (model, task, inputs, targets) -> loss
+Rule = Callable[..., torch.Tensor]  # (model, objective, inputs, targets) -> loss
 
 
 # --- linear CKA ----------------------------------------------------------------------------
@@ -112,19 +112,19 @@ def model_state_kept(model: torch.nn.Module) -> Iterator[None]:
 
 
 # --- the three measures --------------------------------------------------------------------
-def probe_feedback_input(task, targets: torch.Tensor) -> torch.Tensor:
+def probe_feedback_input(objective, targets: torch.Tensor) -> torch.Tensor:
     """What the feedback network receives for each probe sample. Integer targets are class
-    labels, and the task's feedback input then holds one row per class (the C x C identity):
+    labels, and the objective's feedback input then holds one row per class (the C x C identity):
     each sample takes its own class's row, its one-hot label. Any other target (an image) is
     the feedback input itself."""
-    feedback_input = task.feedback_input(targets)
+    feedback_input = objective.feedback_input(targets)
     if targets.dtype.is_floating_point:
         return feedback_input
     return feedback_input[targets]
 
 
 @torch.no_grad()
-def cka_matrix(model, task, inputs: torch.Tensor, targets: torch.Tensor) -> list[list[float]]:
+def cka_matrix(model, objective, inputs: torch.Tensor, targets: torch.Tensor) -> list[list[float]]:
     """cka[i][j] = linear CKA of a_{i+1} and b_j, in eval mode (see the module docstring).
 
     Each of the 2L representations is reduced once to its normalised centred Gram matrix, so
@@ -134,7 +134,7 @@ def cka_matrix(model, task, inputs: torch.Tensor, targets: torch.Tensor) -> list
     with model_state_kept(model):
         model.eval()
         activations = model(inputs)[1:]
-        signals = model.feedback(probe_feedback_input(task, targets))[:-1]
+        signals = model.feedback(probe_feedback_input(objective, targets))[:-1]
         forward_grams = [_normalised_gram(_centred_rows(a)) for a in activations]
         feedback_grams = [_normalised_gram(_centred_rows(b)) for b in signals]
     return [[float((k * l).sum()) for l in feedback_grams] for k in forward_grams]
@@ -183,24 +183,24 @@ def angle_deg(u: torch.Tensor, v: torch.Tensor) -> float:
     return math.degrees(2 * math.atan2(float((u - v).norm()), float((u + v).norm())))
 
 
-def forward_weight_gradients(model, task, rule: Rule, inputs: torch.Tensor,
+def forward_weight_gradients(model, objective, rule: Rule, inputs: torch.Tensor,
                              targets: torch.Tensor) -> list[torch.Tensor]:
     """The gradient of `rule`'s loss with respect to each layer's forward weight, in train
     mode; zero for a weight the loss does not reach. `.grad` fields are left alone."""
     weights = [layer.fwd.weight for layer in model.layers]
     with model_state_kept(model), torch.enable_grad():
         model.train()
-        loss = rule(model, task, inputs, targets)
+        loss = rule(model, objective, inputs, targets)
         grads = torch.autograd.grad(loss, weights, allow_unused=True)
     return [torch.zeros_like(w) if g is None else g for w, g in zip(weights, grads)]
 
 
-def gradient_angles(model, task, rule: Rule, inputs: torch.Tensor,
+def gradient_angles(model, objective, rule: Rule, inputs: torch.Tensor,
                     targets: torch.Tensor) -> list[float]:
     """grad_angle_deg[l - 1]: the rule's gradient of forward weight l against backprop's of the
     output loss (see the module docstring)."""
-    rule_grads = forward_weight_gradients(model, task, rule, inputs, targets)
-    backprop_grads = forward_weight_gradients(model, task, bp_loss, inputs, targets)
+    rule_grads = forward_weight_gradients(model, objective, rule, inputs, targets)
+    backprop_grads = forward_weight_gradients(model, objective, bp_loss, inputs, targets)
     return [angle_deg(g, h) for g, h in zip(rule_grads, backprop_grads)]
 
 
@@ -209,14 +209,14 @@ def _json_number(value: float) -> float | None:
     return float(value) if math.isfinite(value) else None
 
 
-def analyse(model, task, rule: Rule, inputs: torch.Tensor, targets: torch.Tensor) -> dict:
+def analyse(model, objective, rule: Rule, inputs: torch.Tensor, targets: torch.Tensor) -> dict:
     """The three measures on the probe batch (inputs, targets), JSON-ready:
     {"layers": ["layer1", ...], "cka": [[...] * L] * L, "weight_cosine": [...] * L,
      "grad_angle_deg": [...] * L}, plain floats, null where undefined. The model and the random
     states are left as they were."""
     return {
         "layers": [name for name, _ in model.named_children()],
-        "cka": [[_json_number(v) for v in row] for row in cka_matrix(model, task, inputs, targets)],
+        "cka": [[_json_number(v) for v in row] for row in cka_matrix(model, objective, inputs, targets)],
         "weight_cosine": [_json_number(v) for v in weight_cosines(model)],
-        "grad_angle_deg": [_json_number(v) for v in gradient_angles(model, task, rule, inputs, targets)],
+        "grad_angle_deg": [_json_number(v) for v in gradient_angles(model, objective, rule, inputs, targets)],
     }

@@ -1,4 +1,4 @@
-"""Figures of runs (the paper's analyses, SPEC section 9): PNG files drawn with matplotlib's Agg
+"""Figures of runs (the paper's analyses, docs/ALGORITHM.md section 9): PNG files drawn with matplotlib's Agg
 canvas (no screen needed).
 
     python -m ccl.figures cka RUN_DIR [--epochs E ...]        CKA heatmaps at chosen epochs
@@ -52,7 +52,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
-from ccl.trainer import BEST, METRICS, RESULTS
+from ccl.run_dir import BEST, METRICS, RESULTS
 from utils.errors import ConfigError, UserError
 
 ANALYSIS = "analysis.jsonl"

@@ -12,7 +12,7 @@ from ccl.analysis import (analyse, angle_deg, cka_matrix, feedback_weight_as_for
                           gradient_angles, linear_cka, weight_cosines)
 from ccl.losses import mlp_alignment_loss
 from ccl.rules import bp_loss, ccl_loss
-from ccl.tasks import Classification, Reconstruction
+from ccl.objectives import Classification, Reconstruction
 from models import LayerOptions, mlp
 from models.cnn import cnn
 from models.conv import DualConv, DualUpConv

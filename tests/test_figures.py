@@ -14,7 +14,7 @@ from ccl import figures
 from ccl.analysis import analyse
 from ccl.losses import mlp_alignment_loss
 from ccl.rules import ccl_loss
-from ccl.tasks import Classification
+from ccl.objectives import Classification
 from conftest import REPO
 from models import LayerOptions, mlp
 
