@@ -17,8 +17,9 @@ from hypothesis import strategies as st
 import ccl.experiment as experiment
 from ccl.scripts import MLP
 from conftest import REPO
-from ccl.cli import build_parser
-from ccl.config import KEYS, SECTIONS
+from ccl.cli import build_parser, parse_command_line
+from ccl.config import KEYS, REQUIRED, SECTIONS
+from ccl.scripts import BY_CONFIG_FOLDER
 
 RELEASED = yaml.safe_load((REPO / "yaml/mlp/mnist_ccl.yaml").read_text())
 MLP_YAML = str(REPO / "yaml/mlp/mnist_ccl.yaml")
@@ -193,10 +194,41 @@ def test_eta_min_above_a_trained_learning_rate_draws_a_warning(no_training):
     assert code == 0 and "eta_min 0.01 is above lr_B 0: the cosine schedule raises" in err.getvalue()
 
 
-@pytest.mark.parametrize("name", sorted(p.stem for p in (REPO / "yaml/mlp").glob("*.yaml")))
-def test_released_configs_draw_no_warning(no_training, name):
-    code, err = mlp("--yaml", str(REPO / f"yaml/mlp/{name}.yaml"))
-    assert (code, err) == (0, "")
+@pytest.mark.parametrize("path", sorted(str(p.relative_to(REPO)) for p in (REPO / "yaml").glob("*/*.yaml")))
+def test_every_config_in_yaml_runs_with_no_warning(no_training, path):
+    """The warnings compare with the value a key takes when left out, so a released config
+    (whose keys are all set, many to that value) draws none."""
+    script = BY_CONFIG_FOLDER[Path(path).parent.name]
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        code = experiment.main(script, ["--yaml", str(REPO / path)])
+    assert (code, err.getvalue()) == (0, "")
+
+
+def test_every_ignored_key_has_a_value_it_takes_when_left_out():
+    for script in BY_CONFIG_FOLDER.values():
+        for name in script.ignored:
+            assert script.default(name) is not REQUIRED, (script.prog, name)
+
+
+def test_a_key_given_twice_is_an_error_naming_both_lines(no_training, tmp_path):
+    text = (REPO / "yaml/mlp/mnist_ccl.yaml").read_text().replace("  lr_F: 1\n", "  lr_F: 1\n  lr_F: 7\n")
+    path = yaml_file(tmp_path, text)
+    line = text.splitlines().index("  lr_F: 7") + 1
+    assert mlp("--yaml", path) == (2, f"main_class_mlp.py: error: {path}: key 'lr_F' appears twice, "
+                                      f"on lines {line - 1} and {line}; keep one\n")
+    assert not no_training
+
+
+def test_a_config_from_outside_yaml_still_runs_under_runs(no_training, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path / "..")
+    outside = yaml_file(tmp_path, (REPO / "yaml/mlp/mnist_ccl.yaml").read_text(), "x.yaml")
+    config, options = parse_command_line(["--yaml", f"{tmp_path.name}/../{tmp_path.name}/x.yaml"],
+                                         "main_class_mlp.py", "", {"task": "classification"})
+    assert options.out_dir == Path("runs") / tmp_path.name / "x" / "seed2023"
+    config, options = parse_command_line(["--yaml", outside], "main_class_mlp.py", "",
+                                         {"task": "classification"})
+    assert options.out_dir.parts[0] == "runs" and ".." not in options.out_dir.parts
 
 
 # --- properties: any bad value or flag is exit 2 naming it; nothing else escapes ---------

@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 import yaml
 
 import ccl.experiment as experiment
@@ -85,3 +86,32 @@ def test_command_line_subprocess(tiny_mnist, tmp_path):
     assert done.returncode == 0, done.stderr
     assert "test_acc" in done.stdout
     assert json.loads((out / "results.json").read_text())["status"] == "finished"
+
+
+def test_deterministic_kernels_leave_a_cpu_run_as_it_was(tiny_mnist, tmp_path):
+    """On the CPU every kernel is deterministic already: `deterministic: 1` changes nothing,
+    and it does not outlive its run."""
+    from runs import outcome
+    data_root, _ = tiny_mnist
+    common = ["--yaml", YAML, "--data_root", str(data_root), "--epochs", "1", "--device", "cpu"]
+    assert run_mlp(*common, "--out_dir", str(tmp_path / "a")) == 0
+    assert run_mlp(*common, "--out_dir", str(tmp_path / "b"), "--deterministic", "1") == 0
+    assert outcome(tmp_path / "a")[0] == outcome(tmp_path / "b")[0]
+    assert not torch.are_deterministic_algorithms_enabled()
+
+
+def test_an_operator_without_a_deterministic_kernel_is_a_clear_error(tiny_mnist, tmp_path, monkeypatch,
+                                                                    capsys):
+    from ccl import rules
+
+    def nondeterministic(*args):  # what torch raises for such an operator under the setting
+        assert torch.are_deterministic_algorithms_enabled()
+        raise RuntimeError("upsample_bilinear2d_backward_out_cuda does not have a deterministic "
+                           "implementation, but you set 'torch.use_deterministic_algorithms(True)'.")
+    monkeypatch.setitem(rules.RULES, "CCL", nondeterministic)
+    assert run_mlp("--yaml", YAML, "--data_root", str(tiny_mnist[0]), "--epochs", "1",
+                   "--out_dir", str(tmp_path / "run"), "--deterministic", "1") == 2
+    err = capsys.readouterr().err
+    assert err.startswith("main_class_mlp.py: error: deterministic 1: upsample_bilinear2d_backward_out_cuda "
+                          "does not have a deterministic implementation")
+    assert "Set deterministic: 0" in err and not torch.are_deterministic_algorithms_enabled()

@@ -4,7 +4,9 @@ import csv
 import json
 import signal
 import statistics
+import subprocess
 import sys
+import time
 
 import pytest
 
@@ -186,3 +188,72 @@ def test_table_command_prints_markdown_and_writes_csv(synthetic_runs, tmp_path, 
         ("3", "98.0", "1.0", "98.13", "0")
     assert (tmp_path / "results/table3.csv").is_file() and (tmp_path / "results/autoencoder.csv").is_file()
     assert write_tables(synthetic_runs, tmp_path / "again") == out.rstrip("\n")
+
+
+def test_the_runs_die_with_a_killed_runner(tmp_path):
+    """A runner killed outright (SIGKILL, no handler runs) still stops its runs: they get the
+    SIGTERM that makes a run checkpoint and stop."""
+    fake_run = tmp_path / "fake_run.py"
+    marker = tmp_path / "stopped-by-sigterm"
+    fake_run.write_text(
+        "import pathlib, signal, sys, time\n"
+        f"signal.signal(signal.SIGTERM, lambda *_: (pathlib.Path({str(marker)!r}).touch(), sys.exit(143)))\n"
+        f"pathlib.Path({str(tmp_path / 'started')!r}).touch()\n"
+        "time.sleep(30)\n")
+    runner = subprocess.Popen([sys.executable, "-c", (
+        "import sys; sys.path.insert(0, sys.argv[1]); from ccl.reproduce.cli import main;"
+        "main(['run', sys.argv[2], '--seeds', '1', '--runs_root', sys.argv[3]], launcher=(sys.executable, sys.argv[4]))"),
+        str(REPO), YAML, str(tmp_path / "runs"), str(fake_run)])
+    deadline = time.monotonic() + 30
+    while not (tmp_path / "started").exists():
+        assert time.monotonic() < deadline and runner.poll() is None
+        time.sleep(0.05)
+    runner.kill()
+    runner.wait()
+    while not marker.exists():
+        assert time.monotonic() < deadline, "the run outlived its runner"
+        time.sleep(0.05)
+
+
+@pytest.mark.parametrize("damage", ['{"status": "finished", "test_a', '{"status": "finished"}'])
+def test_a_damaged_results_file_counts_as_not_finished(runner, tmp_path, capsys, damage):
+    assert runner(YAML, "--seeds", "1", "--epochs", "1") == 0
+    results = tmp_path / "runs/mlp/mnist_ccl-epochs=1/seed1/results.json"
+    results.write_text(damage)
+    capsys.readouterr()
+    assert runner(YAML, "--seeds", "1", "--epochs", "1") == 0
+    out = capsys.readouterr().out
+    assert f"warning: {results}" in out and "the run counts as not finished" in out
+    assert "1 to resume" in out and read_json(results)["status"] == "finished"
+
+    results.write_text(damage)
+    assert main(["table", "--runs_root", str(tmp_path / "runs")]) == 0
+    printed = capsys.readouterr()
+    assert f"warning: {results}" in printed.err and "that run is left out" in printed.err
+    assert "| mlp/mnist_ccl (epochs=1) |" not in printed.out
+
+
+def test_table_writes_beside_the_runs_and_leaves_results_alone(synthetic_runs, capsys):
+    committed = (REPO / "results/table1.csv").read_text()
+    assert main(["table", "--runs_root", str(synthetic_runs)]) == 0
+    assert (synthetic_runs / "tables/table1.csv").is_file()
+    assert f"CSV files in {synthetic_runs / 'tables'}/" in capsys.readouterr().err
+    assert (REPO / "results/table1.csv").read_text() == committed
+
+
+def test_a_device_hint_names_the_runners_own_flag(capsys, monkeypatch):
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    assert main(["run", YAML, "--devices", "cuda:0", "--dry_run"]) == 2
+    assert "use --devices cpu" in capsys.readouterr().err
+
+
+def test_the_table_runs_follow_the_released_procedure_unless_asked(capsys):
+    assert main(["run", "--table", "table3", "--seeds", "1", "--dry_run", "--devices", "cpu"]) == 0
+    released = capsys.readouterr().out.splitlines()
+    cifar10_ccl = next(line for line in released if "cifar10_ccl" in line)
+    assert "cifar10_ccl-augment_validation=1-warmup_counter=batch_in_epoch/seed1" in cifar10_ccl
+    assert "--warmup_counter batch_in_epoch --augment_validation 1" in cifar10_ccl
+    assert main(["run", "--table", "table3", "--seeds", "1", "--dry_run", "--devices", "cpu",
+                 "--procedure", "fixed"]) == 0
+    fixed = capsys.readouterr().out
+    assert "cnn/cifar10_ccl/seed1 --overwrite --device cpu" in fixed and "warmup_counter" not in fixed
