@@ -43,6 +43,7 @@ def test_images_must_halve_four_times(config):
         build_conv_autoencoder(config, (3, 90, 96), 10)
 
 
+@pytest.mark.slow
 def test_layers_strides_bn_and_activations(model):
     layers = model.layers
     assert [type(layer) for layer in layers] == [DualConv] * 4 + [DualUpConv] * 4
@@ -120,6 +121,7 @@ def test_bn_affine_parameters_are_in_no_optimizer(model, config):
     assert not {id(p) for p in bn} & {id(p) for p in trained}
 
 
+@pytest.mark.slow
 @torch.no_grad()
 def test_activation_and_signal_shapes_at_96x96(model):
     model.eval()

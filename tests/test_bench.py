@@ -22,6 +22,7 @@ def bench(tmp_path, *args) -> tuple[int, dict | None]:
 ARCHS = ("mlp_mnist", "mlp_cifar10", "cnn")
 
 
+@pytest.mark.slow
 def test_steps_and_the_pipeline_comparison(tiny_mnist, tmp_path, capsys):
     code, results = bench(tmp_path, "--data_root", str(tiny_mnist[0]), "--archs", *ARCHS, "--profile")
     assert code == 0

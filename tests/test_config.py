@@ -317,6 +317,7 @@ def test_any_edit_of_a_config_file_is_accepted_or_rejected_naming_it(no_training
         assert any(word and word in err for word in named), err
 
 
+@pytest.mark.slow
 def test_a_real_process_prints_no_traceback_for_a_bad_flag():
     done = subprocess.run([sys.executable, "main_class_mlp.py", "--yaml", MLP_YAML, "--lr-F", "1"],
                           cwd=REPO, capture_output=True, text=True, timeout=60)

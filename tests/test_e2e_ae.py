@@ -71,6 +71,7 @@ def runs(stl10_files, tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["BP", "CCL"])
 def test_run_directory(runs, method):
     out = runs / method
@@ -84,6 +85,7 @@ def test_run_directory(runs, method):
         assert figure.size == figure_size(rows=2)  # inputs, reconstructions
 
 
+@pytest.mark.slow
 def test_comparison_figure(runs, stl10_files, monkeypatch):
     accept(monkeypatch, stl10_files[1])
     out = runs / "bp_vs_ccl.png"

@@ -52,6 +52,7 @@ def _check_run_directory(out, architecture):
     assert (out / "best.pt").is_file() and (out / "checkpoint.pt").is_file()
 
 
+@pytest.mark.slow
 def test_ccl_run_from_the_command_line(tiny_cnn_data, tmp_path):
     """As a user runs it: a separate process, exit code 0, the run directory complete."""
     data_root, checksum_file = tiny_cnn_data

@@ -75,6 +75,7 @@ def test_default_run_directory_names_config_overrides_and_seed(tiny_mnist, in_tm
     assert (in_tmp_cwd / "runs/mlp/mnist_ccl-epochs=1-lr_B=0.5/seed2023/results.json").is_file()
 
 
+@pytest.mark.slow
 def test_command_line_subprocess(tiny_mnist, tmp_path):
     """As a user runs it: a separate process, exit code 0, results on disk."""
     data_root, checksum_file = tiny_mnist

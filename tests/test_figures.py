@@ -240,6 +240,7 @@ def test_grid_csv_without_a_column_or_with_a_bad_value(tmp_path, capsys):
     assert "none.csv: no such file" in _error_line(capsys)
 
 
+@pytest.mark.slow
 def test_module_entry_point_exits_2_without_a_traceback(tmp_path):
     result = subprocess.run([sys.executable, "-m", "ccl.figures", "cka", str(tmp_path)], cwd=REPO,
                             capture_output=True, text=True, timeout=60)

@@ -37,6 +37,7 @@ def read_json(path):
     return json.loads(path.read_text())
 
 
+@pytest.mark.slow
 def test_runs_every_seed_records_a_failure_and_skips_finished_runs(runner, tmp_path, capsys):
     bad = tmp_path / "mlp/bad.yaml"  # the MLP script rejects a warm-up: exit code 2
     bad.parent.mkdir()
@@ -61,6 +62,7 @@ def test_runs_every_seed_records_a_failure_and_skips_finished_runs(runner, tmp_p
     assert "start " not in out and finished.stat().st_mtime_ns == stamp
 
 
+@pytest.mark.slow
 def test_resumes_an_interrupted_run(runner, tiny_mnist, tmp_path, monkeypatch, capsys):
     run_dir = tmp_path / "runs/mlp/mnist_ccl-epochs=2/seed1"
     finish_epoch = Trainer._finish_epoch
@@ -82,6 +84,7 @@ def test_resumes_an_interrupted_run(runner, tiny_mnist, tmp_path, monkeypatch, c
     assert read_json(run_dir / "results.json")["status"] == "finished"
 
 
+@pytest.mark.slow
 def test_a_ctrl_c_reaches_the_runs_as_sigterm_and_nothing_new_starts(tmp_path, capsys):
     """The fake run sends SIGINT to the runner, then waits for the runner to pass it on."""
     fake_run = tmp_path / "fake_run.py"
@@ -190,6 +193,7 @@ def test_table_command_prints_markdown_and_writes_csv(synthetic_runs, tmp_path, 
     assert write_tables(synthetic_runs, tmp_path / "again") == out.rstrip("\n")
 
 
+@pytest.mark.slow
 def test_the_runs_die_with_a_killed_runner(tmp_path):
     """A runner killed outright (SIGKILL, no handler runs) still stops its runs: they get the
     SIGTERM that makes a run checkpoint and stop."""
@@ -215,6 +219,7 @@ def test_the_runs_die_with_a_killed_runner(tmp_path):
         time.sleep(0.05)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("damage", ['{"status": "finished", "test_a', '{"status": "finished"}'])
 def test_a_damaged_results_file_counts_as_not_finished(runner, tmp_path, capsys, damage):
     assert runner(YAML, "--seeds", "1", "--epochs", "1") == 0

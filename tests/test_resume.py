@@ -136,6 +136,7 @@ def test_a_second_ctrl_c_stops_at_once_and_the_last_checkpoint_resumes(
     assert outcome(out) == reference
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("number", [signal.SIGKILL, signal.SIGTERM])
 def test_a_real_process_signalled_after_its_first_checkpoint_resumes_exactly(
         tiny, released_reference, tmp_path, number):

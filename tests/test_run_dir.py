@@ -158,6 +158,7 @@ def test_stale_temporary_files_are_removed_when_a_run_takes_its_directory(tiny, 
 
 # --- one writer per run directory -----------------------------------------------------------
 
+@pytest.mark.slow
 def test_a_second_process_is_refused_naming_the_pid(tiny, tmp_path, capsys):
     out = tmp_path / "run"
     holder = subprocess.Popen([sys.executable, "-c", (
@@ -178,6 +179,7 @@ def test_a_second_process_is_refused_naming_the_pid(tiny, tmp_path, capsys):
     assert (out / LOCK).read_text().strip() == str(os.getpid())
 
 
+@pytest.mark.slow
 def test_overwrite_of_a_run_that_is_training_is_refused(tiny, tmp_path):
     out = tmp_path / "run"
     process = start_mlp(tiny[1], *args(tiny[0], out, "--epochs", "200"))
@@ -244,6 +246,7 @@ def test_a_damaged_best_model_at_test_time_is_a_message(tiny, tmp_path, monkeypa
     assert "the best model" in err and "is damaged" in err and "Traceback" not in err
 
 
+@pytest.mark.slow
 def test_a_ctrl_c_while_the_libraries_load_is_exit_130_without_a_traceback(tmp_path):
     process = subprocess.Popen([sys.executable, str(REPO / "main_class_mlp.py"), "--yaml", MLP_YAML],
                                cwd=tmp_path, stderr=subprocess.PIPE, text=True)
