@@ -5,6 +5,7 @@ docs/PERFORMANCE.md measures what they gain and how much they change the numbers
 """
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 
 import torch
@@ -34,6 +35,12 @@ def check_supported(config, device) -> None:
                               f"set compile: 0")
 
 
+def _no_cuda_runtime_note(record: logging.LogRecord) -> bool:
+    """False for the warning torch's C++ builder logs on import wherever a CUDA toolkit is
+    installed without a GPU: compiling for the CPU does not use CUDA, so it is noise there."""
+    return not str(record.msg).startswith("No CUDA runtime is found")
+
+
 def _compile_problem(device: torch.device) -> str | None:
     """Why torch.compile cannot generate code for `device` here, or None if it can."""
     if not torch._dynamo.is_dynamo_supported():
@@ -41,6 +48,7 @@ def _compile_problem(device: torch.device) -> str | None:
     if device.type == "cuda":
         from torch.utils._triton import has_triton  # noqa: PLC0415  (CUDA only)
         return None if has_triton() else "Triton is not installed (pip install triton)"
+    logging.getLogger("torch.utils.cpp_extension").addFilter(_no_cuda_runtime_note)
     from torch._inductor.cpp_builder import get_cpp_compiler  # noqa: PLC0415  (CPU only)
     try:
         get_cpp_compiler()

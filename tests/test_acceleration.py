@@ -5,6 +5,8 @@ and without `fused_pair_loss: 1` (tests/test_fused_pair_loss.py tests it eagerly
 every speed-up trains end to end (compiling ones with CCL_TEST_COMPILE=1)."""
 import json
 import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -15,6 +17,7 @@ from ccl.scripts import CNN, MLP
 from ccl.acceleration import check_supported, training_loss
 from ccl.optim import DualOptimizer
 from ccl.rules import ccl_loss
+from conftest import REPO
 from golden import assert_matches_summary, golden_model_and_task, load_fixture
 from runs import MLP_YAML, one_thread, run_mlp  # noqa: F401
 from ccl.config import build_config, read_yaml_sections
@@ -98,3 +101,16 @@ def test_compiled_steps_match_the_released_code(fixture, script, fused):
         optimizer.step()
         for name, param in model.named_parameters():
             assert_matches_summary(param, expected["params_after"][name], f"step {index} {name}")
+
+
+@pytest.mark.slow
+def test_compile_on_the_cpu_prints_no_cuda_noise():
+    """torch's C++ builder warns 'No CUDA runtime is found' on import wherever a CUDA toolkit is
+    installed without a GPU; compiling for the CPU has no use for CUDA, so it is not shown."""
+    code = ("import torch; from ccl.acceleration import check_supported; from ccl.bench.cases import "
+            "load_config; check_supported(load_config('yaml/mlp/mnist_ccl.yaml', {'compile': 1})[0], 'cpu');"
+            "torch.compile(lambda x: x * 2)(torch.ones(2))")
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
+                          env={**os.environ, "CUDA_HOME": sys.prefix})  # a toolkit 'found' everywhere
+    assert done.returncode == 0, done.stderr
+    assert "No CUDA runtime" not in done.stderr

@@ -144,3 +144,19 @@ def test_the_entry_script_reports_a_data_error_with_exit_1(tiny_mnist, tmp_path,
     assert code == 1 and "Traceback" not in err
     assert err.startswith("main_class_mlp.py: error: MNIST: ") and "t10k-labels-idx1-ubyte" in err
     assert "expected" in err and "prepare_data.py" in err
+
+
+def test_prepare_reports_every_dataset_in_one_go(tiny_mnist, monkeypatch, capsys):
+    import utils.data.prepare as prepare
+
+    def offline(dataset, root):
+        raise OSError("no internet")
+    monkeypatch.setattr(prepare, "_torchvision_download", offline)
+    root = tiny_mnist[0]
+    assert prepare.main(["CIFAR10", "MNIST", "STL10", "--data_root", str(root)]) == 1
+    printed = capsys.readouterr()
+    lines = [line.split(None, 1) for line in printed.out.splitlines() if line.startswith("  ")]
+    assert [(name, state.split(":")[0]) for name, state in lines] == [
+        ("CIFAR10", "missing"), ("MNIST", "ready"), ("STL10", "missing")]
+    assert f"unpack it into {root}/ so that {root}/stl10_binary/ holds train_X.bin" in printed.out
+    assert "CIFAR10, STL10 missing" in printed.err

