@@ -18,8 +18,7 @@ import torch
 from torch.utils.data import DataLoader, Subset
 from torchvision import datasets, transforms
 
-from ccl.bench.cases import (OFFICIAL_SIZES, Case, build_case, load_config, official_split_sizes,
-                             synthetic_splits)
+from ccl.bench.cases import Case, build_case, load_config, official_split_sizes, synthetic_splits
 from ccl.run_dir import RunDir
 from ccl.trainer import Trainer
 from utils.data import Splits, load_splits, split_indices
@@ -113,15 +112,14 @@ def compare_pipelines(data_root: Path, splits: Splits, overrides: dict, device, 
     `load_mnist`; the first `limit` of each split if given), from the same initial weights, by
     each pipeline."""
     config, script = load_config(MNIST_CONFIG, overrides)
+    train_indices, _ = split_indices(len(splits.train[0]) + len(splits.val[0]), config.seed)
     if limit is not None:
         splits = Splits(*((images[:limit], labels[:limit]) for images, labels in
                           (splits.train, splits.val, splits.test)), splits.num_classes)
     ours = build_case(config, script, splits.to(device), device)
     ours_history = train_epochs(ours, ours.experiment.data.train, epochs)
     theirs = build_case(config, script, splits.to(device), device)
-    train_indices, _ = split_indices(OFFICIAL_SIZES["MNIST"][0], config.seed)
-    train_indices = train_indices[:len(splits.train[0])]
-    loader = TorchvisionLoader(data_root, train_indices, config.batchsize, device)
+    loader = TorchvisionLoader(data_root, train_indices[:len(splits.train[0])], config.batchsize, device)
     theirs_history = train_epochs(theirs, loader, epochs)
     return PipelineResult(len(splits.train[0]), config.batchsize,
                           [row["seconds"] for row in ours_history],
