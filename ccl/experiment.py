@@ -204,8 +204,9 @@ def _train(script: Script, config: Config, options: RunOptions, run_dir: RunDir,
                                "diverged_at_step": error.step,
                                "diverged_in_epoch": trainer.progress.epoch + 1,
                                **trainer.best_so_far(), **identity})
-        kept = (f"the best model so far (epoch {trainer.best['epoch']}) is kept in {run_dir}"
-                if trainer.best else "no epoch had finished, so there is no model to keep")
+        best_epoch = trainer.best_so_far()["best_epoch"]
+        kept = (f"the best model so far (epoch {best_epoch}) is kept in {run_dir}"
+                if best_epoch else "no epoch had finished, so there is no model to keep")
         print(f"{script.prog}: error: training diverged: {error} (epoch {trainer.progress.epoch + 1}); "
               f"{kept}. Lower the learning rates (--lr_F, --lr_B) or clip the gradients "
               f"(--grad_clip_F, --grad_clip_B).", file=sys.stderr)

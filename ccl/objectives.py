@@ -24,6 +24,9 @@ class Classification:
     (a C x C identity), so b_l holds one template per class and costs C samples per step."""
 
     metric_names = ("loss", "acc")
+    # model selection: name -> (validation metric, whether lower is better). The first is the
+    # released rule, whose model gives a run's test_* results; each is tested at the end.
+    selections = {"val_loss": ("loss", True), "val_acc": ("acc", False)}
 
     def __init__(self, num_classes: int, alignment: AlignmentLoss, flood_threshold: float | None):
         self.num_classes = num_classes
@@ -63,6 +66,7 @@ class Reconstruction:
     hidden pairs add the centred/normalised term."""
 
     metric_names = ("mse",)
+    selections = {"val_loss": ("mse", True)}  # the validation loss is the MSE
 
     def __init__(self, loss_scale_C: float, loss_scale_D: float):
         self.loss_scale_C = loss_scale_C

@@ -3,7 +3,9 @@
     config.yaml     the resolved config and how the run was started (written first)
     metrics.jsonl   one line per finished epoch
     checkpoint.pt   everything needed to continue exactly (every epoch, and when stopped)
-    best.pt         the weights of the epoch with the lowest validation loss so far
+    best.pt         the weights of the epoch with the lowest validation loss so far (the model
+                    a run is tested with, as released)
+    best_val_acc.pt the weights of the epoch with the highest validation accuracy so far
     results.json    the outcome: finished (test metrics) or diverged
     .lock           held by the one process that writes the directory; its PID inside
 
@@ -37,8 +39,11 @@ CONFIG, METRICS, CHECKPOINT, BEST, RESULTS = (
     "config.yaml", "metrics.jsonl", "checkpoint.pt", "best.pt", "results.json")
 LOCK = ".lock"
 RECONSTRUCTIONS = "reconstructions.png"  # autoencoder runs
+PRIMARY_SELECTION = "val_loss"  # the model selection of the released code: best.pt
+# the weights each model selection keeps (objectives.py: `selections`)
+BEST_OF = {PRIMARY_SELECTION: BEST, "val_acc": "best_val_acc.pt"}
 # every name this project writes into a run directory; nothing else is ever deleted
-OUTPUTS = (CONFIG, METRICS, CHECKPOINT, BEST, RESULTS, RECONSTRUCTIONS, LOCK)
+OUTPUTS = (CONFIG, METRICS, CHECKPOINT, *BEST_OF.values(), RESULTS, RECONSTRUCTIONS, LOCK)
 FINISHED, DIVERGED = "finished", "diverged"
 
 
@@ -164,8 +169,8 @@ class RunDir:
     def save_checkpoint(self, state: dict) -> None:
         save_torch(self.path / CHECKPOINT, state)
 
-    def save_best(self, weights: dict) -> None:
-        save_torch(self.path / BEST, weights)
+    def save_best(self, weights: dict, selection: str = PRIMARY_SELECTION) -> None:
+        save_torch(self.path / BEST_OF[selection], weights)
 
     def write_results(self, results: dict) -> None:
         write_json(self.path / RESULTS, results)
@@ -212,12 +217,12 @@ class RunDir:
                               f"--yaml and another --out_dir")
         return state
 
-    def load_best(self, device) -> dict:
-        """The weights of the best epoch, on `device`."""
-        if not (self.path / BEST).is_file():
-            raise RunDirError(f"{self.path} has no {BEST}: its run has not finished an epoch")
-        return _load(self.path / BEST, "best model", map_location=device,
-                     fix="train the run again with --overwrite")
+    def load_best(self, device, selection: str = PRIMARY_SELECTION) -> dict:
+        """The weights of the best epoch by `selection`, on `device`."""
+        path = self.path / BEST_OF[selection]
+        if not path.is_file():
+            raise RunDirError(f"{self.path} has no {path.name}: its run has not finished an epoch")
+        return _load(path, "best model", map_location=device, fix="train the run again with --overwrite")
 
 
 def _is_temporary(name: str) -> bool:

@@ -1,7 +1,8 @@
 """The training loop shared by every entry script, rule and objective.
 
-Per epoch: train, validate, keep the best model (lowest validation loss), step the cosine
-schedule, checkpoint. At the end: test the best model. What the loop writes, and how, is the
+Per epoch: train, validate, keep the best models (the lowest validation loss, as released, and
+the objective's other selections, e.g. the highest validation accuracy), step the cosine
+schedule, checkpoint. At the end: test each selected model and the last epoch's. What the loop writes, and how, is the
 run directory's (ccl/run_dir.py): checkpoint.pt is written first, and metrics.jsonl and best.pt
 are views of it that a resumed run rewrites, so a kill between two writes loses nothing. The
 step never waits for the device: the losses stay on the device and are read every few steps,
@@ -20,7 +21,7 @@ from tqdm import tqdm
 
 from ccl.acceleration import training_loss
 from ccl.optim import DualOptimizer
-from ccl.run_dir import RunDir
+from ccl.run_dir import PRIMARY_SELECTION, RunDir
 from utils.seed import restore_rng_states, rng_states
 
 DIVERGENCE_CHECK_EVERY = 50  # steps between reads of the device-side divergence flag
@@ -110,6 +111,10 @@ class Progress:
     augment_state: torch.Tensor | None = None
 
 
+def _better(value: float, best: float, lower_is_better: bool) -> bool:
+    return value < best if lower_is_better else value > best
+
+
 class Trainer:
     def __init__(self, experiment, run_dir: RunDir, log: Callable[[str], None] = print):
         self.config = experiment.config
@@ -123,7 +128,7 @@ class Trainer:
         self.optimizer = DualOptimizer(self.model, self.config)
         self.progress = Progress()
         self.history: list[dict] = []
-        self.best: dict | None = None
+        self.best: dict[str, dict] = {}  # selection -> its epoch and validation metrics
         self.wall_seconds = 0.0
         self.stop = StopRequests()
 
@@ -140,22 +145,24 @@ class Trainer:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.progress = Progress(**state["progress"])
-        self.history, self.best = state["history"], state["best"]
+        self.history, self.best = state["history"], state["best"] or {}
+        if "epoch" in self.best:  # a checkpoint from before the selections: the released one only
+            self.best = {PRIMARY_SELECTION: self.best}
         self.wall_seconds = state["wall_seconds"]
         restore_rng_states(state["rng"])
 
     def rewrite_views(self) -> None:
         """Bring metrics.jsonl and best.pt back in line with the restored checkpoint (a kill may
         have come between the checkpoint's write and theirs)."""
-        at_best_epoch = (self.best is not None and self.progress.batch == 0
-                         and self.best["epoch"] == self.progress.epoch)
+        at_best_epoch = [name for name, best in self.best.items()
+                         if self.progress.batch == 0 and best["epoch"] == self.progress.epoch]
         self._write_views(new_best=at_best_epoch)
 
-    def _write_views(self, new_best: bool) -> None:
-        """metrics.jsonl, and best.pt when the model just became the best."""
+    def _write_views(self, new_best: list[str]) -> None:
+        """metrics.jsonl, and the best models of the selections whose best the model just became."""
         self.run_dir.write_metrics(self.history)
-        if new_best:
-            self.run_dir.save_best(self.model.state_dict())
+        for selection in new_best:
+            self.run_dir.save_best(self.model.state_dict(), selection)
 
     # --- training --------------------------------------------------------------------------
     def fit(self) -> dict:
@@ -170,7 +177,7 @@ class Trainer:
                         raise Interrupted(self.stop.signal_number)
         finally:
             self.wall_seconds += time.perf_counter() - started
-        return self._test_best()
+        return self._test()
 
     def _train_epoch(self) -> None:
         progress, loader = self.progress, self.data.train
@@ -220,9 +227,10 @@ class Trainer:
                **self.optimizer.learning_rates(),
                "seconds": progress.seconds, "eval_seconds": time.perf_counter() - started}
         self.history.append(row)
-        improved = self.best is None or val[criterion] < self.best[f"val_{criterion}"]
-        if improved:
-            self.best = {"epoch": row["epoch"], **{f"val_{k}": v for k, v in val.items()}}
+        improved = [name for name, (metric, lower) in self.objective.selections.items()
+                    if name not in self.best or _better(val[metric], self.best[name][f"val_{metric}"], lower)]
+        for name in improved:
+            self.best[name] = {"epoch": row["epoch"], **{f"val_{k}": v for k, v in val.items()}}
         self.optimizer.end_epoch()
         self.progress = Progress(epoch=progress.epoch + 1)
         self.run_dir.save_checkpoint(self.checkpoint())
@@ -238,6 +246,9 @@ class Trainer:
         parts.append(f"{row['seconds']:.1f}s")
         return "  ".join(parts)
 
+    def _test_metrics(self) -> dict[str, float]:
+        return {f"test_{name}": value for name, value in self.evaluate(self.data.test).items()}
+
     @torch.no_grad()
     def evaluate(self, loader) -> dict[str, float]:
         """The objective's metrics of the forward network alone over `loader` (eval mode)."""
@@ -252,16 +263,23 @@ class Trainer:
         return dict(zip(self.objective.metric_names, values))
 
     def best_so_far(self) -> dict:
-        """The best epoch and its validation metrics (best_epoch None before the first)."""
-        best = self.best or {"epoch": None}
+        """The best epoch by the released selection and its validation metrics (best_epoch None
+        before the first)."""
+        best = self.best.get(PRIMARY_SELECTION, {"epoch": None})
         return {"best_epoch": best["epoch"], **{k: v for k, v in best.items() if k != "epoch"}}
 
-    def _test_best(self) -> dict:
-        self.model.load_state_dict(self.run_dir.load_best(self.device))
-        test = self.evaluate(self.data.test)
+    def _test(self) -> dict:
+        """The test metrics of the last epoch's model and of each selection's best, the released
+        selection's at the top level (and in the model afterwards)."""
+        tested = {"last": {"epoch": self.progress.epoch, **self._test_metrics()}}
+        for name in reversed(self.objective.selections):
+            self.model.load_state_dict(self.run_dir.load_best(self.device, name))
+            tested[name] = {"epoch": self.best[name]["epoch"], **self._test_metrics()}
+        selections = {name: tested[name] for name in (*self.objective.selections, "last")}
         return {"status": "finished",
-                **{f"test_{name}": value for name, value in test.items()},
+                **{k: v for k, v in selections[PRIMARY_SELECTION].items() if k != "epoch"},
                 **self.best_so_far(),
+                "selections": selections,
                 "epochs": self.progress.epoch,
                 "steps": self.optimizer.steps_taken,
                 "train_seconds": sum(row["seconds"] for row in self.history),

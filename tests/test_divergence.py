@@ -64,8 +64,8 @@ def test_nan_loss_is_caught_at_the_next_check_and_the_best_model_is_kept(tiny_mn
         ("diverged", bad_step, 3)
     checkpoint = torch.load(out / "checkpoint.pt", weights_only=True)
     assert (checkpoint["progress"]["epoch"], checkpoint["progress"]["batch"]) == (2, 0)
-    assert results["best_epoch"] == checkpoint["best"]["epoch"] in (1, 2)
-    assert results["val_loss"] == checkpoint["best"]["val_loss"]
+    assert results["best_epoch"] == checkpoint["best"]["val_loss"]["epoch"] in (1, 2)
+    assert results["val_loss"] == checkpoint["best"]["val_loss"]["val_loss"]
     best = torch.load(out / "best.pt", weights_only=True)
     assert all(t.isfinite().all() for t in best.values())
     assert len((out / "metrics.jsonl").read_text().splitlines()) == 2

@@ -116,3 +116,25 @@ def test_an_operator_without_a_deterministic_kernel_is_a_clear_error(tiny_mnist,
     assert err.startswith("main_class_mlp.py: error: deterministic 1: upsample_bilinear2d_backward_out_cuda "
                           "does not have a deterministic implementation")
     assert "Set deterministic: 0" in err and not torch.are_deterministic_algorithms_enabled()
+
+
+def test_a_run_tests_the_model_of_every_selection(tiny_mnist, tmp_path):
+    """The lowest validation loss (the released rule, the run's test_* results), the highest
+    validation accuracy, and the last epoch: each model kept and tested."""
+    out = tmp_path / "run"
+    assert run_mlp("--yaml", str(REPO / "yaml/mlp/mnist_bp.yaml"), "--data_root", str(tiny_mnist[0]),
+                   "--epochs", "6", "--batchsize", "32", "--lr_F", "0.3", "--out_dir", str(out)) == 0
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    results = json.loads((out / "results.json").read_text())
+    selections = results["selections"]
+    assert list(selections) == ["val_loss", "val_acc", "last"]
+    assert selections["val_loss"]["epoch"] == min(rows, key=lambda r: r["val_loss"])["epoch"] == results["best_epoch"]
+    assert selections["val_acc"]["epoch"] == max(rows, key=lambda r: r["val_acc"])["epoch"]
+    assert selections["last"]["epoch"] == 6
+    assert (results["test_loss"], results["test_acc"]) == (selections["val_loss"]["test_loss"],
+                                                           selections["val_loss"]["test_acc"])
+    assert (out / "best_val_acc.pt").is_file()
+    weights = torch.load(out / "best.pt", weights_only=True)
+    other = torch.load(out / "best_val_acc.pt", weights_only=True)
+    same_epoch = selections["val_loss"]["epoch"] == selections["val_acc"]["epoch"]
+    assert all(torch.equal(weights[k], other[k]) for k in weights) == same_epoch

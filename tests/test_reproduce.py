@@ -170,7 +170,7 @@ def test_a_row_says_which_procedure_ran(synthetic_runs):
 def test_markdown_rows(synthetic_runs):
     text = markdown(TABLES["table1"], table_rows(TABLES["table1"], collect(synthetic_runs)))
     lines = text.splitlines()
-    assert lines[0] == "### Table 1: MLP test accuracy (%)"
+    assert lines[0] == "### Table 1: MLP test accuracy (%), model selection val_loss"
     assert "| MNIST | CCL | mlp/mnist_ccl | both | 98.00 +- 1.00 (n=3) | 98.13 +- 0.10 | -0.13 |  | 60 s |" in lines
     assert "| MNIST | CCL | mlp/mnist_ccl (epochs=1) | both | 87.00 (n=1) | 98.13 +- 0.10 | -11.13 | yes | 60 s |" in lines
     assert "| MNIST | BP | mlp/mnist_bp | both | 98.34 (n=1, 1 diverged) | 98.19 +- 0.10 | +0.15 | yes | 60 s |" in lines
@@ -262,3 +262,30 @@ def test_the_table_runs_follow_the_released_procedure_unless_asked(capsys):
                  "--procedure", "fixed"]) == 0
     fixed = capsys.readouterr().out
     assert "cnn/cifar10_ccl/seed1 --overwrite --device cpu" in fixed and "warmup_counter" not in fixed
+
+
+def test_select_picks_a_selection_and_old_runs_tabulate_with_the_others_empty(synthetic_runs, tmp_path,
+                                                                             capsys):
+    selections = {"val_loss": {"epoch": 3, "test_acc": 0.90}, "val_acc": {"epoch": 9, "test_acc": 0.92},
+                  "last": {"epoch": 10, "test_acc": 0.91}}
+    for seed in (0, 1):
+        write_results(synthetic_runs, "mlp/fmnist_bp", seed, test_acc=0.90, selections=selections)
+    for select, mean in (("val_loss", 90.0), ("val_acc", 92.0), ("last", 91.0)):
+        rows = {(r.config, r.overrides): r for r in table_rows(TABLES["table1"], collect(synthetic_runs), select)}
+        assert rows["mlp/fmnist_bp", ""].mean == pytest.approx(mean) and rows["mlp/fmnist_bp", ""].n == 2
+        assert rows["mlp/mnist_ccl", ""].n == (3 if select == "val_loss" else 0)  # written before selections
+
+    assert main(["table", "--runs_root", str(synthetic_runs), "--select", "all"]) == 0
+    out = capsys.readouterr().out
+    assert "| dataset | method | config | procedure | val_loss | val_acc | last | paper |" in out
+    assert ("| FashionMNIST | BP | mlp/fmnist_bp | both | 90.00 +- 0.00 (n=2) | 92.00 +- 0.00 (n=2) | "
+            "91.00 +- 0.00 (n=2) | 89.58 +- 0.25 |") in out
+    assert "| MNIST | CCL | mlp/mnist_ccl | both | 98.00 +- 1.00 (n=3) | no runs | no runs |" in out
+    rows = list(csv.DictReader(open(synthetic_runs / "tables/table1.csv")))
+    assert {row["selection"] for row in rows} == {"val_loss", "val_acc", "last"}
+
+
+def test_an_unknown_selection_is_exit_2(capsys):
+    with pytest.raises(SystemExit) as stop:
+        main(["table", "--select", "best"])
+    assert stop.value.code == 2 and "invalid choice: 'best'" in capsys.readouterr().err

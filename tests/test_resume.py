@@ -166,7 +166,7 @@ def test_resume_repairs_files_a_kill_left_behind(tiny, reference, tmp_path, monk
     signals_at_steps(monkeypatch, {2 * BATCHES: [signal.SIGTERM]})  # stop after epoch 2 (the best)
     assert run_scheduled(*run_args(tiny[0], out)) == 128 + signal.SIGTERM
     state = torch.load(out / "checkpoint.pt", weights_only=True)
-    assert state["best"]["epoch"] == 2
+    assert state["best"]["val_loss"]["epoch"] == 2
     (out / "best.pt").unlink()
     (out / "metrics.jsonl").write_text("")
 
@@ -310,7 +310,7 @@ def test_checkpoint_holds_everything_a_resume_needs(tiny, tmp_path, monkeypatch)
     assert set(state["optimizer"]) >= {"forward_sgd", "feedback_sgd", "schedulers", "steps_taken"}
     assert set(state["rng"]) >= {"python", "numpy", "torch"}
     assert state["progress"]["augment_state"] is not None and state["progress"]["batch"] == 2
-    assert state["best"]["epoch"] == 1 and len(state["history"]) == 1
+    assert state["best"]["val_loss"]["epoch"] == 1 and len(state["history"]) == 1
     assert all(t.device.type == "cpu" for t in state["model"].values())
 
 

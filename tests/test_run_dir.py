@@ -109,7 +109,7 @@ def test_out_of_space_is_one_message_and_the_last_checkpoint_resumes(tiny, tmp_p
     out = tmp_path / "run"
     reference = tmp_path / "reference"
     finished_run(tiny, reference)
-    full_disk_after(monkeypatch, writes=2)  # epoch 1's checkpoint and best.pt
+    full_disk_after(monkeypatch, writes=3)  # epoch 1's checkpoint and its two best models
     capsys.readouterr()
     assert run_mlp(*args(tiny[0], out)) == 1
     err = capsys.readouterr().err
@@ -237,8 +237,8 @@ def test_a_damaged_best_model_at_test_time_is_a_message(tiny, tmp_path, monkeypa
     out = tmp_path / "run"
     save_best = RunDir.save_best
 
-    def damaged_best(self, weights):
-        save_best(self, weights)
+    def damaged_best(self, weights, selection="val_loss"):
+        save_best(self, weights, selection)
         (self.path / "best.pt").write_bytes(b"not a checkpoint")
     monkeypatch.setattr(RunDir, "save_best", damaged_best)
     assert run_mlp(*args(tiny[0], out)) == 1

@@ -11,7 +11,7 @@ from typing import Any
 
 from ccl.reproduce.paper import PROCEDURES, TABLES, targets_of
 from ccl.reproduce.runner import Settings, only_runner, plan_runs, report, run_all
-from ccl.reproduce.table import write_tables
+from ccl.reproduce.table import SELECTIONS, write_tables
 from ccl.cli import resolve_device
 from ccl.config import KEYS, parse_cli_value
 from utils.errors import ConfigError, UserError
@@ -57,6 +57,10 @@ def build_parser() -> argparse.ArgumentParser:
                                             "from the run directories and write one CSV per table.")
     table.add_argument("--runs_root", type=Path, default=DEFAULT_RUNS_ROOT,
                        help=f"the run directories (default {DEFAULT_RUNS_ROOT})")
+    table.add_argument("--select", choices=(*SELECTIONS, "all"), default="val_loss",
+                       help="whose test metric the tables show: the model with the lowest validation "
+                            "loss (val_loss, the released rule; default), the highest validation "
+                            "accuracy (val_acc), the last epoch's (last), or all three side by side")
     table.add_argument("--results_dir", type=Path, default=None,
                        help="where the CSV files go (default: <runs_root>/tables; the repository's "
                             "measured tables are in results/, rewritten only when named here)")
@@ -128,7 +132,7 @@ def main(argv: Sequence[str] | None = None, launcher: Sequence[str] = (sys.execu
         if overrides:
             raise ConfigError(f"table takes no config keys (got --{next(iter(overrides))})")
         results_dir = args.results_dir or args.runs_root / "tables"
-        print(write_tables(args.runs_root, results_dir))
+        print(write_tables(args.runs_root, results_dir, args.select))
         print(f"\nCSV files in {results_dir}/", file=sys.stderr)
         return 0
     except UserError as error:

@@ -2,8 +2,12 @@
 
 Runs are grouped by config and overrides (the run directory's parent, e.g. `mnist_ccl` or
 `mnist_ccl-epochs=1`); a group gives mean, sample standard deviation (n - 1) and n over its
-finished runs. The overrides that make a run follow the released procedure
-(`paper.released_procedure`) are shown as its procedure, not as overrides. A row is flagged when |ours - paper| > sqrt(s_ours^2 + s_paper^2), the two
+finished runs, for one model selection (`--select`): the model with the lowest validation loss
+(val_loss, the released rule and the default), the highest validation accuracy (val_acc) or the
+last epoch's (last); results.json holds the test metrics of each (`selections`; a run from
+before they were kept has the val_loss one only, at its top level). The overrides that make a
+run follow the released procedure (`paper.released_procedure`) are shown as its procedure, not
+as overrides. A row is flagged when |ours - paper| > sqrt(s_ours^2 + s_paper^2), the two
 standard deviations combined; with n = 1, s_ours counts as 0.
 """
 from __future__ import annotations
@@ -28,6 +32,7 @@ from utils.io import write_text
 # config folder -> the table its runs belong to (configs the paper gives no number for are
 # listed there too, without the paper's value)
 TABLE_OF_FOLDER = {"mlp": "table1", "cnn": "table3", "cnn_ae": "autoencoder"}
+SELECTIONS = ("val_loss", "val_acc", "last")
 OVERRIDE_START = re.compile(r"-(?=[A-Za-z_]\w*=)")  # "mnist_ccl-epochs=1-lr_F=0.5" -> 3 parts
 
 
@@ -36,6 +41,7 @@ class Row:
     config: str            # mlp/mnist_ccl
     procedure: str         # released, fixed, both (they coincide for this config) or custom
     overrides: str         # "" or e.g. "epochs=1 lr_F=0.5", besides the procedure's
+    selection: str         # whose model's test metric `values` holds: one of SELECTIONS
     dataset: str
     method: str
     values: tuple[float, ...]  # the finished runs' metric, in the table's unit
@@ -106,14 +112,22 @@ def procedure_of(config: str, overrides: dict[str, str]) -> tuple[str, str]:
     return kind, " ".join(f"{k}={v}" for k, v in overrides.items())
 
 
+def selected(results: dict, selection: str, metric: str) -> float | None:
+    """The test metric of a finished run's model chosen by `selection` (None if not kept)."""
+    if "selections" not in results:  # written before the selections were kept
+        return results[f"test_{metric}"] if selection == "val_loss" else None
+    return results["selections"].get(selection, {}).get(f"test_{metric}")
+
+
 def make_row(config: str, procedure: str, overrides: str, results: Sequence[dict], table: Table,
-             target: Target | None) -> Row:
+             target: Target | None, selection: str = "val_loss") -> Row:
     finished = [r for r in results if r["status"] == "finished"]
     first = results[0] if results else {}
-    return Row(config, procedure, overrides,
+    values = [selected(r, selection, table.metric) for r in finished]
+    return Row(config, procedure, overrides, selection,
                dataset=target.dataset if target else first.get("dataset", "?"),
                method=target.method if target else first.get("method", "?"),
-               values=tuple(r[f"test_{table.metric}"] * table.scale for r in finished),
+               values=tuple(value * table.scale for value in values if value is not None),
                diverged=sum(r["status"] == "diverged" for r in results),
                wall_seconds=statistics.fmean(r["wall_seconds"] for r in finished) if finished else None,
                target=target)
@@ -122,7 +136,8 @@ def make_row(config: str, procedure: str, overrides: str, results: Sequence[dict
 PROCEDURE_ORDER = {"both": 0, "released": 0, "fixed": 1, "custom": 2}
 
 
-def table_rows(table: Table, groups: dict[tuple[str, str, str], list[dict]]) -> list[Row]:
+def table_rows(table: Table, groups: dict[tuple[str, str, str], list[dict]],
+               selection: str = "val_loss") -> list[Row]:
     """The paper's rows in its order, each as the released procedure ran it ('no runs' where
     nothing ran), then its other procedures and overridden variants; then the folder's configs
     without a paper number."""
@@ -133,8 +148,8 @@ def table_rows(table: Table, groups: dict[tuple[str, str, str], list[dict]]) -> 
         others = sorted((key for key in groups if key[0] == config and key != paper_setting),
                         key=lambda key: (PROCEDURE_ORDER[key[1]], key[2]))
         variants = [paper_setting, *others]
-        rows += [make_row(*key, groups.get(key, []), table, target) for key in variants]
-    rows += [make_row(*key, results, table, None) for key, results in sorted(groups.items())
+        rows += [make_row(*key, groups.get(key, []), table, target, selection) for key in variants]
+    rows += [make_row(*key, results, table, None, selection) for key, results in sorted(groups.items())
              if key[0] not in targets and TABLE_OF_FOLDER[key[0].split("/")[0]] == table.name]
     return rows
 
@@ -148,31 +163,56 @@ def duration(seconds: float | None) -> str:
 
 
 def markdown(table: Table, rows: Sequence[Row]) -> str:
-    def number(value):
-        return "" if value is None else f"{value:.{table.decimals}f}"
-
-    def ours(row):
-        if row.n == 0 and not row.diverged:
-            return "no runs"
-        parts = [number(row.mean)] if row.n else []
-        if row.std is not None:
-            parts.append(f"+- {number(row.std)}")
-        parts.append(f"(n={row.n}" + (f", {row.diverged} diverged)" if row.diverged else ")"))
-        return " ".join(parts)
-
-    lines = [f"### {table.title}", "",
+    lines = [f"### {table.title}, model selection {rows[0].selection if rows else 'val_loss'}", "",
              "| dataset | method | config | procedure | ours: mean +- std (n) | paper | diff | flag | wall time / run |",
              "|---|---|---|---|---|---|---|---|---|"]
     for row in rows:
-        config = f"{row.config} ({row.overrides})" if row.overrides else row.config
-        paper = f"{number(row.target.mean)} +- {number(row.target.std)}" if row.target else "-"
         diff = f"{row.diff:+.{table.decimals}f}" if row.diff is not None else ""
-        lines.append(f"| {row.dataset} | {row.method} | {config} | {row.procedure} | {ours(row)} | {paper} | {diff} | "
+        lines.append(f"| {row.dataset} | {row.method} | {_setting(row)} | {row.procedure} | "
+                     f"{_ours(table, row)} | {_paper(table, row)} | {diff} | "
                      f"{'yes' if row.flagged else ''} | {duration(row.wall_seconds)} |")
     return "\n".join(lines)
 
 
-CSV_COLUMNS = ("table", "dataset", "method", "config", "procedure", "overrides", "n", "diverged", "ours_mean",
+def markdown_side_by_side(table: Table, rows_of: dict[str, Sequence[Row]]) -> str:
+    """One table with every selection's mean +- std (n) side by side."""
+    names = list(rows_of)
+    lines = [f"### {table.title}, by model selection", "",
+             "| dataset | method | config | procedure | " + " | ".join(names) + " | paper |",
+             "|---|---|---|---|" + "---|" * (len(names) + 1)]
+    for same in zip(*rows_of.values()):
+        row = same[0]
+        lines.append(f"| {row.dataset} | {row.method} | {_setting(row)} | {row.procedure} | "
+                     + " | ".join(_ours(table, r) for r in same) + f" | {_paper(table, row)} |")
+    return "\n".join(lines)
+
+
+def _number(table: Table, value: float | None) -> str:
+    return "" if value is None else f"{value:.{table.decimals}f}"
+
+
+def _ours(table: Table, row: Row) -> str:
+    if row.n == 0 and not row.diverged:
+        return "no runs"
+    parts = [_number(table, row.mean)] if row.n else []
+    if row.std is not None:
+        parts.append(f"+- {_number(table, row.std)}")
+    parts.append(f"(n={row.n}" + (f", {row.diverged} diverged)" if row.diverged else ")"))
+    return " ".join(parts)
+
+
+def _paper(table: Table, row: Row) -> str:
+    if row.target is None:
+        return "-"
+    return f"{_number(table, row.target.mean)} +- {_number(table, row.target.std)}"
+
+
+def _setting(row: Row) -> str:
+    return f"{row.config} ({row.overrides})" if row.overrides else row.config
+
+
+CSV_COLUMNS = ("table", "dataset", "method", "config", "procedure", "overrides", "selection", "n",
+               "diverged", "ours_mean",
                "ours_std", "paper_mean", "paper_std", "diff", "combined_std", "flag",
                "mean_wall_seconds")
 
@@ -183,8 +223,8 @@ def csv_text(table: Table, rows: Sequence[Row]) -> str:
     writer.writerow(CSV_COLUMNS)
     for row in rows:
         paper = (row.target.mean, row.target.std) if row.target else (None, None)
-        cells = (table.name, row.dataset, row.method, row.config, row.procedure, row.overrides, row.n,
-                 row.diverged,
+        cells = (table.name, row.dataset, row.method, row.config, row.procedure, row.overrides,
+                 row.selection, row.n, row.diverged,
                  row.mean, row.std, *paper, row.diff, row.combined_std, int(row.flagged),
                  row.wall_seconds)
         writer.writerow(["" if c is None else round(c, 6) if isinstance(c, float) else c for c in cells])
@@ -194,19 +234,26 @@ def csv_text(table: Table, rows: Sequence[Row]) -> str:
 FOOTNOTE = ("ours: mean +- sample std (n - 1) over n finished runs (seeds). flag: |ours - paper| > "
             "sqrt(s_ours^2 + s_paper^2), with s_ours = 0 when n = 1. procedure: released (as the runs "
             "behind the paper's numbers were made), fixed (this project's defaults, docs/FIDELITY.md "
-            "rows 8 and 14), both (the two coincide for that config). A config followed by "
+            "rows 8 and 14), both (the two coincide for that config). model selection: the test "
+            "metric of the model with the lowest validation loss (val_loss, the released rule), the "
+            "highest validation accuracy (val_acc) or of the last epoch (last); a run from before "
+            "the selections were kept counts for val_loss only. A config followed by "
             "(key=value) ran with those overrides (e.g. fewer epochs) and is not the paper's setting. "
             "wall time: the mean `wall_seconds` of results.json (training and validation, over "
             "every resume; not process start-up, data loading or the test).")
 
 
-def write_tables(runs_root: Path, results_dir: Path) -> str:
-    """Markdown of every table (returned) and one CSV per table in results_dir."""
+def write_tables(runs_root: Path, results_dir: Path, select: str = "val_loss") -> str:
+    """Markdown of every table (returned) and one CSV per table in results_dir, for the model
+    selection `select`, or for each of them side by side (`all`)."""
     groups = collect(runs_root)
     parts = []
     for table in TABLES.values():
-        rows = table_rows(table, groups)
-        write_text(Path(results_dir) / f"{table.name}.csv", csv_text(table, rows))
-        parts.append(markdown(table, rows))
+        names = SELECTIONS if select == "all" else (select,)
+        rows_of = {name: table_rows(table, groups, name) for name in names}
+        write_text(Path(results_dir) / f"{table.name}.csv",
+                   csv_text(table, [row for rows in rows_of.values() for row in rows]))
+        parts.append(markdown_side_by_side(table, rows_of) if select == "all"
+                     else markdown(table, rows_of[select]))
     parts.append(FOOTNOTE)
     return "\n\n".join(parts)
