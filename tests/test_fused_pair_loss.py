@@ -11,7 +11,7 @@ import main_class_cnn
 from ccl.bench.cases import load_config
 from ccl.losses import cnn_alignment_loss, fused_cnn_alignment_loss
 from conftest import REPO
-from golden import assert_ccl_steps_match, golden_model_and_task, load_fixture
+from golden import assert_steps_match, golden_model_and_task, load_fixture
 from runs import one_thread  # noqa: F401
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -59,7 +59,7 @@ def test_golden_cnn_steps_are_reproduced():
 
     config, model, task = golden_model_and_task(golden, make_task)
     assert task.alignment.func is fused_cnn_alignment_loss
-    assert_ccl_steps_match(golden, config, model, task)
+    assert_steps_match(golden, config, model, task)
 
 
 @pytest.mark.parametrize("precision", ["float32", "bf16"])

@@ -4,7 +4,7 @@ gradient centralisation, clipping and flooding, as main_class_cnn.py builds them
 import pytest
 import torch
 
-from golden import assert_ccl_steps_match, assert_matches_summary, golden_model_and_task, load_fixture
+from golden import assert_steps_match, assert_matches_summary, golden_model_and_task, load_fixture
 from main_class_cnn import make_task
 from models import build_model
 from utils.config import build_config
@@ -30,7 +30,16 @@ def test_initial_parameters_follow_the_recipe(golden):
 
 
 def test_three_ccl_steps_match_released_code(golden):
-    assert_ccl_steps_match(golden, *golden_model_and_task(golden, make_task))
+    assert_steps_match(golden, *golden_model_and_task(golden, make_task))
+
+
+def test_three_bp_steps_of_the_strided_cnn_match_released_code():
+    """Backprop through `cnn` with a non-affine BN on the input of every conv layer (its
+    running statistics included), warm-up, momentum, weight decay and gradient centralisation."""
+    bp = load_fixture("cnn_cifar10_bp.pt", batch_from="cnn_cifar10_ccl.pt")
+    config = bp["config"]
+    assert (config["method"], config["architecture"], config["fw_bn"], config["GradC"]) == ("BP", "cnn", 1, 1)
+    assert_steps_match(bp, *golden_model_and_task(bp, make_task))
 
 
 def _cnn(golden, **changes):
