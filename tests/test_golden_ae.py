@@ -21,7 +21,8 @@ def without_released_init(monkeypatch):
 
 
 @pytest.mark.usefixtures("without_released_init")
-@pytest.mark.parametrize("fixture, batch_from", [("ae_stl10_ccl.pt", None), ("ae_stl10_bp.pt", "ae_stl10_ccl.pt")])
+@pytest.mark.parametrize("fixture, batch_from", [("ae_stl10_ccl.pt", None),
+                                                ("ae_stl10_bp.pt", "ae_stl10_ccl.pt")])
 def test_three_steps_match_released_code(fixture, batch_from):
     golden = load_fixture(fixture, batch_from)
     config, model, task = golden_model_and_task(golden, make_task)

@@ -1,10 +1,11 @@
-"""The CNN CCL step reproduces the released code's numbers (tests/fixtures/cnn_cifar10_ccl.pt):
-three steps of `cnn_pool` on CIFAR-10-shaped input with warm-up, momentum, weight decay,
-gradient centralisation, clipping and flooding, as main_class_cnn.py builds them."""
+"""The CNN steps reproduce the released code's numbers: three CCL steps of `cnn_pool`
+(tests/fixtures/cnn_cifar10_ccl.pt) on CIFAR-10-shaped input with warm-up, momentum, weight decay,
+gradient centralisation, clipping and flooding, as main_class_cnn.py builds them, and three BP
+steps of the strided `cnn` (cnn_cifar10_bp.pt)."""
 import pytest
 import torch
 
-from golden import assert_steps_match, assert_matches_summary, golden_model_and_task, load_fixture
+from golden import assert_matches_summary, assert_steps_match, golden_model_and_task, load_fixture
 from main_class_cnn import make_task
 from models import build_model
 from utils.config import build_config

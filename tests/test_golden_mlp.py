@@ -1,11 +1,12 @@
-"""The MLP CCL step reproduces the released code's numbers (tests/fixtures/mlp_mnist_ccl.pt)."""
+"""The MLP's CCL and BP steps reproduce the released code's numbers (tests/fixtures/mlp_mnist_ccl.pt,
+mlp_mnist_bp.pt), and so do the pair losses alone (local_losses.pt)."""
 import pytest
 import torch
 import torch.nn.functional as F
 
 from ccl.losses import ae_pair_loss, cnn_alignment_loss, flooding_keep_mask, mlp_alignment_loss
 from ccl.optim import DualOptimizer
-from golden import assert_steps_match, assert_matches_summary, golden_model_and_task, load_fixture
+from golden import assert_matches_summary, assert_steps_match, golden_model_and_task, load_fixture
 from main_class_mlp import make_task
 from models import build_model
 from utils.config import build_config
