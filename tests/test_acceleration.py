@@ -18,7 +18,7 @@ from ccl.acceleration import check_supported, training_loss
 from ccl.optim import DualOptimizer
 from ccl.rules import ccl_loss
 from conftest import REPO
-from golden import assert_matches_summary, golden_model_and_task, load_fixture
+from golden import assert_matches_summary, golden_model_and_objective, load_fixture
 from runs import MLP_YAML, one_thread, run_mlp  # noqa: F401
 from ccl.config import build_config, read_yaml_sections
 from utils.errors import ConfigError
@@ -91,7 +91,7 @@ def test_compiled_steps_match_the_released_code(fixture, script, fused):
     def make_task(config, num_classes):
         return script.make_objective(config.replace(fused_pair_loss=fused), num_classes)
 
-    config, model, task = golden_model_and_task(golden, make_task)
+    config, model, task = golden_model_and_objective(golden, make_task)
     loss_of = training_loss(config.replace(compile=1), model, task, ccl_loss)
     optimizer = DualOptimizer(model, config)
     for index, expected in enumerate(golden["steps"]):

@@ -15,7 +15,7 @@ from ccl.scripts import AUTOENCODER, CNN, cnn_objective, mlp_objective
 from ccl.optim import DualOptimizer
 from ccl.rules import ccl_loss
 from conftest import REPO
-from golden import golden_model_and_task, load_fixture
+from golden import golden_model_and_objective, load_fixture
 from runs import MLP_YAML, outcome, run_mlp
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -33,7 +33,7 @@ def float32_matmuls():
 
 
 def _parameters_after_golden_steps(golden, make_task, device):
-    config, model, task = golden_model_and_task(golden, make_task)
+    config, model, task = golden_model_and_objective(golden, make_task)
     model.to(device)
     optimizer = DualOptimizer(model, config)
     x, y = golden["x"].to(device), golden["y"].to(device)

@@ -12,7 +12,7 @@ from ccl.scripts import CNN, cnn_objective
 from ccl.bench.cases import load_config
 from ccl.losses import cnn_alignment_loss, fused_cnn_alignment_loss
 from conftest import REPO
-from golden import assert_ccl_steps_match, golden_model_and_task, load_fixture
+from golden import assert_steps_match, golden_model_and_objective, load_fixture
 from runs import one_thread  # noqa: F401
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -58,9 +58,9 @@ def test_golden_cnn_steps_are_reproduced():
     def make_task(config, num_classes):
         return cnn_objective(config.replace(fused_pair_loss=1), num_classes)
 
-    config, model, task = golden_model_and_task(golden, make_task)
+    config, model, task = golden_model_and_objective(golden, make_task)
     assert task.alignment.func is fused_cnn_alignment_loss
-    assert_ccl_steps_match(golden, config, model, task)
+    assert_steps_match(golden, config, model, task)
 
 
 @pytest.mark.parametrize("precision", ["float32", "bf16"])

@@ -1,10 +1,11 @@
-"""The CNN CCL step reproduces the released code's numbers (tests/fixtures/cnn_cifar10_ccl.pt):
-three steps of `cnn_pool` on CIFAR-10-shaped input with warm-up, momentum, weight decay,
-gradient centralisation, clipping and flooding, as main_class_cnn.py builds them."""
+"""The CNN steps reproduce the released code's numbers: three CCL steps of `cnn_pool`
+(tests/fixtures/cnn_cifar10_ccl.pt) on CIFAR-10-shaped input with warm-up, momentum, weight decay,
+gradient centralisation, clipping and flooding, as main_class_cnn.py builds them, and three BP
+steps of the strided `cnn` (cnn_cifar10_bp.pt)."""
 import pytest
 import torch
 
-from golden import assert_ccl_steps_match, assert_matches_summary, golden_model_and_task, load_fixture
+from golden import assert_matches_summary, assert_steps_match, golden_model_and_objective, load_fixture
 from ccl.scripts import cnn_objective as make_task
 from models import build_model
 from ccl.config import build_config
@@ -23,14 +24,23 @@ def test_the_case_exercises_every_part_of_the_step(golden):
 
 
 def test_initial_parameters_follow_the_recipe(golden):
-    _, model, _ = golden_model_and_task(golden, make_task)
+    _, model, _ = golden_model_and_objective(golden, make_task)
     assert set(dict(model.named_parameters())) == set(golden["init"]), "cnn_pool has no biases"
     for name, param in model.named_parameters():
         assert_matches_summary(param, golden["params_before"][name], name)
 
 
 def test_three_ccl_steps_match_released_code(golden):
-    assert_ccl_steps_match(golden, *golden_model_and_task(golden, make_task))
+    assert_steps_match(golden, *golden_model_and_objective(golden, make_task))
+
+
+def test_three_bp_steps_of_the_strided_cnn_match_released_code():
+    """Backprop through `cnn` with a non-affine BN on the input of every conv layer (its
+    running statistics included), warm-up, momentum, weight decay and gradient centralisation."""
+    bp = load_fixture("cnn_cifar10_bp.pt", batch_from="cnn_cifar10_ccl.pt")
+    config = bp["config"]
+    assert (config["method"], config["architecture"], config["fw_bn"], config["GradC"]) == ("BP", "cnn", 1, 1)
+    assert_steps_match(bp, *golden_model_and_objective(bp, make_task))
 
 
 def _cnn(golden, **changes):

@@ -1,11 +1,12 @@
-"""The MLP CCL step reproduces the released code's numbers (tests/fixtures/mlp_mnist_ccl.pt)."""
+"""The MLP's CCL and BP steps reproduce the released code's numbers (tests/fixtures/mlp_mnist_ccl.pt,
+mlp_mnist_bp.pt), and so do the pair losses alone (local_losses.pt)."""
 import pytest
 import torch
 import torch.nn.functional as F
 
 from ccl.losses import ae_pair_loss, cnn_alignment_loss, flooding_keep_mask, mlp_alignment_loss
 from ccl.optim import DualOptimizer
-from golden import assert_ccl_steps_match, assert_matches_summary, golden_model_and_task, load_fixture
+from golden import assert_matches_summary, assert_steps_match, golden_model_and_objective, load_fixture
 from ccl.scripts import mlp_objective as make_task
 from models import build_model
 from ccl.config import build_config
@@ -55,7 +56,7 @@ def golden():
 
 
 def _model_and_task(golden):
-    return golden_model_and_task(golden, make_task)
+    return golden_model_and_objective(golden, make_task)
 
 
 def test_initial_parameters_follow_the_recipe(golden):
@@ -65,7 +66,14 @@ def test_initial_parameters_follow_the_recipe(golden):
 
 
 def test_three_ccl_steps_match_released_code(golden):
-    assert_ccl_steps_match(golden, *_model_and_task(golden))
+    assert_steps_match(golden, *_model_and_task(golden))
+
+
+def test_three_bp_steps_match_released_code():
+    """Backprop through the MLP: lr 1, no momentum, clipping at 1, on the CCL case's batch."""
+    bp = load_fixture("mlp_mnist_bp.pt", batch_from="mlp_mnist_ccl.pt")
+    assert bp["config"]["method"] == "BP"
+    assert_steps_match(bp, *_model_and_task(bp))
 
 
 def _optimizer(warmup, counter):
