@@ -20,6 +20,7 @@ def without_released_init(monkeypatch):
     monkeypatch.setattr(models.autoencoder, "initialise", lambda encoder, decoder: None)
 
 
+@pytest.mark.slow  # three steps of the 86 M-parameter network: 5 s of CPU each
 @pytest.mark.usefixtures("without_released_init")
 @pytest.mark.parametrize("fixture, batch_from", [("ae_stl10_ccl.pt", None),
                                                 ("ae_stl10_bp.pt", "ae_stl10_ccl.pt")])
