@@ -37,6 +37,7 @@ SCRIPT = Script(
     datasets=("STL10",),
     make_data=ae_data,
     make_task=make_task,
+    methods=("BP", "CCL"),  # the baselines' fixed matrices project class errors or targets
     defaults={"task_transform": "same"},
     check=check,
     report=save_reconstructions,

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from ccl.acceleration import check_supported
-from ccl.rules import RULES
+from ccl.rules import RULES, add_fixed_feedback
 from ccl.trainer import CHECKPOINT, RESULTS, Diverged, Interrupted, Loaders, Trainer
 from models import build_model
 from utils.cli import RunOptions, parse_command_line
@@ -40,6 +40,7 @@ class Script:
     datasets: tuple[str, ...]
     make_data: Callable[[Config, Splits], Data]
     make_task: Callable[[Config, int], Any]
+    methods: tuple[str, ...] = tuple(RULES)
     defaults: Mapping[str, Any] = field(default_factory=dict)
     check: Callable[[Config], None] = lambda config: None
     ignored: tuple[str, ...] = ()  # keys the script never reads (a non-default value is warned about)
@@ -53,6 +54,7 @@ class Script:
                 raise ConfigError(f"{self.prog} takes {key} {' or '.join(choices)}, "
                                   f"not {getattr(config, key)!r}")
         allowed("task", (self.task,))
+        allowed("method", self.methods)
         allowed("architecture", self.architectures)
         allowed("dataset", self.datasets)
         source = SOURCES[SOURCE_OF[config.dataset]]
@@ -168,6 +170,7 @@ def run(script: Script, config: Config, options: RunOptions) -> int:
     set_seed(config.seed)
     data = script.make_data(config, load_splits(config.dataset, options.data_root, config.seed).to(device))
     model = build_model(config, data.input_shape, data.num_classes).to(device)
+    add_fixed_feedback(config, model, data.input_shape, data.num_classes)
     trainer = Trainer(config, model, script.make_task(config, data.num_classes), RULES[config.method],
                       Loaders(data.train, data.val, data.test), run_dir)
     if options.resume:

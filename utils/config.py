@@ -58,13 +58,17 @@ def _k(section, type_, help_, **kwargs) -> Key:
     return Key(section, type_, help_, **kwargs)
 
 
+# The baselines whose feedback network never trains (ccl/rules.py). BP's released configs carry
+# an inert lr_B and are not warned about; the baselines' configs are ours and set lr_B: 0, so a
+# non-zero lr_B with them is a mistake worth a warning.
+FIXED_FEEDBACK_METHODS = ("FA", "DFA", "DRTP")
 ACTIVATION_NAMES = ("elu", "tanh", "relu", "leaky_relu", "selu")
 TASK_TRANSFORMS = ("none", "same", "DropColor", "RandCrop", "rot90", "rot180",
                    "shiftv5", "shiftv10", "shifth5", "shifth10", "bright")
 
 KEYS: dict[str, Key] = {
     # --- method ---
-    "method": _k("method", str, "learning rule", choices=("BP", "CCL")),
+    "method": _k("method", str, "learning rule", choices=("BP", "CCL", "FA", "DFA", "DRTP")),
     "architecture": _k("method", str, "dual network architecture",
                        choices=("simple_linear", "cnn", "cnn_pool",
                                 "cnn_pool_autoencoder", "cnn_stride_autoencoder")),
@@ -336,10 +340,15 @@ def ignored_settings(config: Config, unread: tuple[str, ...] = ()) -> list[str]:
     with BP, eta_min without a schedule) are not listed: they are inert by design; nor are the
     `unread` keys, which the script never reads and warns about itself."""
     notes = []
-    if config.method == "BP" and config.filter_target and "filter_target" not in unread:
-        notes.append("filter_target is ignored with method BP: flooding acts on CCL's layer-pair losses")
-    if config.method == "BP" and config.fused_pair_loss and "fused_pair_loss" not in unread:
-        notes.append("fused_pair_loss is ignored with method BP: it computes CCL's layer-pair losses")
+    if config.method != "CCL" and config.filter_target and "filter_target" not in unread:
+        notes.append(f"filter_target is ignored with method {config.method}: flooding acts on CCL's "
+                     f"layer-pair losses")
+    if config.method != "CCL" and config.fused_pair_loss and "fused_pair_loss" not in unread:
+        notes.append(f"fused_pair_loss is ignored with method {config.method}: it computes CCL's "
+                     f"layer-pair losses")
+    if config.method in FIXED_FEEDBACK_METHODS and config.lr_B:
+        notes.append(f"lr_B {config.lr_B:g} is ignored with method {config.method}: the feedback "
+                     f"network never trains under FA, DFA and DRTP")
     if not config.filter_target and config.flood_threshold != KEYS["flood_threshold"].default:
         notes.append("flood_threshold is ignored while filter_target is 0 (flooding off)")
     if not config.warmup and config.warmup_counter != KEYS["warmup_counter"].default:

@@ -14,7 +14,7 @@ from ccl.acceleration import LossFunction, check_supported, training_loss
 from ccl.experiment import Script
 from ccl.optim import DualOptimizer
 from ccl.reproduce.runner import REPO, SCRIPTS
-from ccl.rules import RULES
+from ccl.rules import RULES, add_fixed_feedback
 from models import build_model
 from utils.config import Config, build_config, read_yaml_sections
 from utils.data import SOURCE_OF, SOURCES, Splits
@@ -103,6 +103,7 @@ def build_case(config: Config, script: Script, splits: Splits, device) -> Case:
     torch.manual_seed(config.seed)
     data = script.make_data(config, splits)
     model = build_model(config, data.input_shape, data.num_classes).to(device)
+    add_fixed_feedback(config, model, data.input_shape, data.num_classes)
     task = script.make_task(config, data.num_classes)
     optimizer = DualOptimizer(model, config)
     # time the steady state: past the warm-up, whose loss scaling costs a kernel more
