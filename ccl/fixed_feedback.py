@@ -163,11 +163,12 @@ def hidden_output_sizes(network: DualNetwork, input_shape: Sequence[int]) -> lis
 
 
 def draw_projection(num_classes: int, size: int, generator: torch.Generator) -> torch.Tensor:
-    """A C x D matrix uniform in +-sqrt(6 / D) (variance 2 / D, PyTorch's kaiming_uniform_ on a
-    (C, D) tensor, as the DRTP authors' code draws its feedback): a projected signal then has
-    about sqrt(2) times the norm of what it projects, whatever the width of the layer, so every
-    hidden layer learns at the pace of the output layer (docs/baselines_sweep.md)."""
-    bound = math.sqrt(6 / size)
+    """A C x D matrix uniform in +-1/sqrt(D): drawn as PyTorch draws the weight of a
+    Linear(D, C), the map from the hidden layer straight to the output that a direct rule acts
+    as if it had. The top hidden layer's signal e @ B then has the distribution of backprop's
+    e @ W at initialisation, so the rules start at BP's scale under BP's learning rate and
+    gradient clip (docs/baselines_sweep.md)."""
+    bound = 1 / math.sqrt(size)
     return torch.empty(num_classes, size).uniform_(-bound, bound, generator=generator)
 
 
