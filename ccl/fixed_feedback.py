@@ -36,7 +36,7 @@ from models.network import DualNetwork
 from utils.data.loader import derived_seed
 
 DIRECT_FEEDBACK = "direct_feedback"  # buffer name prefix: direct_feedback1 for layer 1, ...
-DIRECT_FEEDBACK_STREAM = 2  # the draw's own stream of the run's seed (the loaders use 0 and 1)
+DIRECT_FEEDBACK_STREAM = 2  # the draw seeds SeedSequence([seed, 2]): no loader stream (seed, epoch, 0 or 1)
 
 
 # --- FA: the feedback map's weight in place of the forward weight's transpose ---------------
