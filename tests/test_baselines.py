@@ -14,6 +14,9 @@ import signal
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import REPO
+from golden import load_fixture
+from runs import one_thread, outcome, run_mlp  # noqa: F401
 
 import main_ae
 import main_class_cnn
@@ -22,11 +25,8 @@ from ccl.bench.flops import step_flops
 from ccl.fixed_feedback import direct_feedback, transposed_conv_kernel
 from ccl.optim import DualOptimizer
 from ccl.rules import RULES, add_fixed_feedback, bp_loss, dfa_loss, drtp_loss, fa_loss, output_error
-from conftest import REPO
-from golden import load_fixture
 from main_class_mlp import make_task
 from models import LayerOptions, cnn, mlp
-from runs import one_thread, outcome, run_mlp  # noqa: F401
 from utils.config import build_config
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -341,7 +341,7 @@ def hand_count(sizes, method: str, batch: int) -> float:
     forms A @ B.T (2 C s_l) and its two gradients (4 C s_l), but none for the input A_0.
     """
     classes = sizes[-1]
-    multiply_adds = sum(a * b for a, b in zip(sizes[:-1], sizes[1:]))
+    multiply_adds = sum(a * b for a, b in itertools.pairwise(sizes))
     base = 4 * multiply_adds
     extra = {"BP": 2 * (multiply_adds - sizes[0] * sizes[1]),
              "FA": 2 * (multiply_adds - sizes[0] * sizes[1]),
