@@ -28,6 +28,10 @@ def check_supported(config, device) -> None:
     if config.precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
         raise ConfigError(f"precision bf16: {torch.cuda.get_device_name(device)} has no bfloat16 "
                           f"support (it needs an Ampere or newer GPU); set precision: float32")
+    if config.compile and config.method == "FA":
+        raise ConfigError("compile 1 does not support method FA: each step swaps its forward maps for "
+                          "ones with fixed feedback (ccl/fixed_feedback.py), which torch.compile "
+                          "cannot trace; set compile: 0")
     if config.compile:
         problem = _compile_problem(device)
         if problem:

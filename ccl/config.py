@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from ccl.rules import RULES
+from ccl.rules import FIXED_FEEDBACK_RULES, RULES
 from models import ARCHITECTURES
 from models.layers import ACTIVATIONS
 from utils.data.datasets import SOURCE_OF
@@ -363,10 +363,17 @@ def ignored_settings(config: Config, unread: tuple[str, ...] = ()) -> list[str]:
     with BP, eta_min without a schedule) are not listed: they are inert by design; nor are the
     `unread` keys, which the script never reads and warns about itself."""
     notes = []
-    if config.method == "BP" and config.filter_target and "filter_target" not in unread:
-        notes.append("filter_target is ignored with method BP: flooding acts on CCL's layer-pair losses")
-    if config.method == "BP" and config.fused_pair_loss and "fused_pair_loss" not in unread:
-        notes.append("fused_pair_loss is ignored with method BP: it computes CCL's layer-pair losses")
+    if config.method != "CCL" and config.filter_target and "filter_target" not in unread:
+        notes.append(f"filter_target is ignored with method {config.method}: flooding acts on CCL's "
+                     f"layer-pair losses")
+    if config.method != "CCL" and config.fused_pair_loss and "fused_pair_loss" not in unread:
+        notes.append(f"fused_pair_loss is ignored with method {config.method}: it computes CCL's "
+                     f"layer-pair losses")
+    # BP's released configs carry an inert lr_B and are not warned about; the baselines' configs
+    # are ours and set lr_B: 0, so a non-zero one with them is a mistake worth a line
+    if config.method in FIXED_FEEDBACK_RULES and config.lr_B:
+        notes.append(f"lr_B {config.lr_B:g} is ignored with method {config.method}: the feedback "
+                     f"network never trains under {', '.join(FIXED_FEEDBACK_RULES)}")
     if not config.filter_target and config.flood_threshold != KEYS["flood_threshold"].default:
         notes.append("flood_threshold is ignored while filter_target is 0 (flooding off)")
     if not config.warmup and config.warmup_counter != KEYS["warmup_counter"].default:

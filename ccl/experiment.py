@@ -19,7 +19,7 @@ import torch
 from ccl.acceleration import check_supported
 from ccl.cli import RunOptions, parse_command_line
 from ccl.config import KEYS, Config, config_yaml, ignored_settings
-from ccl.rules import RULES
+from ccl.rules import RULES, add_fixed_feedback
 from ccl.run_dir import CHECKPOINT, DIVERGED, FINISHED, RunDir, RunDirError
 from ccl.trainer import Diverged, Interrupted, Trainer
 from models import build_model
@@ -43,6 +43,7 @@ class Script:
     datasets: tuple[str, ...]
     make_data: Callable[[Config, Splits], Data]
     make_objective: Callable[[Config, int], Any]
+    methods: tuple[str, ...] = tuple(RULES)
     defaults: Mapping[str, Any] = field(default_factory=dict)
     check: Callable[[Config], None] = lambda config: None
     ignored: tuple[str, ...] = ()  # keys the script never reads (a value not their default is warned about)
@@ -60,6 +61,7 @@ class Script:
                 raise ConfigError(f"{self.prog} takes {key} {' or '.join(choices)}, "
                                   f"not {getattr(config, key)!r}")
         allowed("task", (self.task,))
+        allowed("method", self.methods)
         allowed("architecture", self.architectures)
         allowed("dataset", self.datasets)
         source = SOURCES[SOURCE_OF[config.dataset]]
@@ -99,6 +101,7 @@ def build(script: Script, config: Config, splits: Splits, device) -> Experiment:
     set_seed(config.seed)
     data = script.make_data(config, splits)
     model = build_model(config, data.input_shape, data.num_classes).to(device)
+    add_fixed_feedback(config, model, data.input_shape, data.num_classes)
     return Experiment(config, data, model, script.make_objective(config, data.num_classes),
                       RULES[config.method])
 

@@ -89,6 +89,7 @@ AUTOENCODER = Script(
     datasets=("STL10",),
     make_data=ae_data,
     make_objective=ae_objective,
+    methods=("BP", "CCL"),  # the baselines are classification rules
     # the released script has no flooding: a config without filter_target means it off
     defaults={"task_transform": "same", "filter_target": 0.0},
     check=ae_check,

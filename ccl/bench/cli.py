@@ -12,6 +12,7 @@ from ccl.acceleration import SPEED_KEYS
 from ccl.bench import report
 from ccl.bench.cases import CASES
 from ccl.bench.epoch import benchmark_epoch, compare_pipelines, load_mnist
+from ccl.bench.flops import FLOPS_ARCHS, count_flops
 from ccl.bench.numerics import STEPS as NUMERICS_STEPS
 from ccl.bench.numerics import compare
 from ccl.bench.steps import Settings, benchmark_architecture
@@ -59,6 +60,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="how far the speed-ups chosen (--compile 1, --precision bf16, "
                             "--fused_pair_loss 1) move the numbers: a few CCL steps of each of "
                             "--archs against the default float32 step")
+    other.add_argument("--flops", action="store_true",
+                       help="count the training FLOPs per sample of one step of every rule (BP, CCL "
+                            "and the baselines) on --archs (default: the MLPs at batch 32 and the "
+                            "CNNs at their configs' batch), beside the paper's Table 2")
     parser.add_argument("--epochs", type=int, default=2,
                         help="epochs of --epoch and of the pipeline comparison (default 2: the first "
                              "includes the warm-up)")
@@ -81,14 +86,22 @@ def check(args: argparse.Namespace) -> None:
             raise ConfigError(f"--{name} must be a positive integer, got {value}")
     if args.epoch and args.numerics:
         raise ConfigError("--epoch and --numerics are two separate measurements: run them one at a time")
+    if args.flops and (args.epoch or args.numerics):
+        raise ConfigError("--flops is a measurement of its own: run it without --epoch and --numerics")
+    if args.flops and args.compile:
+        raise ConfigError("--flops counts the products of the eager step (FlopCounterMode sees none "
+                          "inside compiled code): leave out --compile")
     given = [name for name in DEFAULTS if getattr(args, name) not in (None, False)
-             and not (args.numerics and name == "archs")]
-    mode = "--epoch" if args.epoch else "--numerics" if args.numerics else None
+             and not ((args.numerics or args.flops) and name == "archs")]
+    mode = ("--epoch" if args.epoch else "--numerics" if args.numerics
+            else "--flops" if args.flops else None)
     if mode and given:
         raise ConfigError(f"{', '.join('--' + n for n in given)} do not apply to {mode}")
     if args.numerics and all(getattr(args, name) == KEYS[name].default for name in SPEED_KEYS):
         raise ConfigError("--numerics compares the speed-ups with the default step: add one or more "
                           "of --compile 1, --precision bf16, --fused_pair_loss 1")
+    if args.flops and args.archs is None:
+        args.archs = list(FLOPS_ARCHS)
     for name, default in DEFAULTS.items():
         if getattr(args, name) is None:
             setattr(args, name, default)
@@ -120,6 +133,11 @@ def run(args: argparse.Namespace) -> dict:
               f"relative difference of a parameter (to its change in training) and of a loss\n"
               + report.numerics_table(numerics))
         return {**results, "numerics": numerics}
+    if args.flops:
+        flops = count_flops(args.archs, speed_keys, device)
+        print("\nTraining FLOPs of one step, millions per sample (FlopCounterMode: matrix products "
+              "and convolutions; the optimizer's update counts 0)\n" + report.flops_table(flops))
+        return {**results, "flops": [result.as_dict() for result in flops]}
     if args.epoch:
         epoch = benchmark_epoch(args.epoch, overrides, device, epochs, epoch_sizes)
         print("\nTraining epochs (synthetic data, the trainer's timing)\n" + report.epoch_table(epoch))

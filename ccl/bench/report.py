@@ -4,6 +4,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from ccl.bench.epoch import EpochResult, PipelineResult
+from ccl.bench.flops import FlopsResult
+from ccl.reproduce.paper import TABLE2_MFLOPS
 from ccl.bench.steps import PHASES, StepResult
 
 
@@ -80,3 +82,19 @@ def numerics_table(rows: Sequence[dict]) -> str:
                   "speed-ups: step 1", "all steps", "loss"],
                  [[r["arch"], r["steps"], *(r["float32_again"][c] for c in columns),
                    *(r["speed_ups"][c] for c in columns)] for r in rows])
+
+
+def flops_table(results: Sequence[FlopsResult]) -> str:
+    """MFLOPs per sample of each rule's step, with its ratio to BP's, beside the paper's."""
+    bp = {r.arch: r.step_flops for r in results if r.method == "BP"}
+    paper_bp = {arch: mflops for (arch, method), mflops in TABLE2_MFLOPS.items() if method == "BP"}
+    rows = []
+    for r in results:
+        paper = TABLE2_MFLOPS.get((r.arch, r.method))
+        rows.append([r.arch, r.method, r.batch, f"{r.per_sample(r.loss_flops):.3f}",
+                     f"{r.per_sample(r.backward_flops):.3f}", f"{r.per_sample(r.step_flops):.3f}",
+                     f"{r.step_flops / bp[r.arch]:.3f}" if r.arch in bp else None,
+                     f"{paper:.2f}" if paper else None,
+                     f"{paper / paper_bp[r.arch]:.3f}" if paper else None])
+    return table(["arch", "method", "batch", "forward+losses", "backward", "step", "/BP",
+                  "paper", "paper /BP"], rows)

@@ -1,0 +1,88 @@
+"""Training FLOPs per sample of one step (`--flops`; the paper's Table 2), for every rule.
+
+Counted by `torch.utils.flop_counter.FlopCounterMode`, which sees matrix products and
+convolutions only (2 FLOPs per multiply-add): activations, normalisation, softmax and the
+optimizer's elementwise update count 0. The step is the trainer's: the rule's loss (forward,
+feedback, layer losses) and its backward pass, then the update (centralisation, clipping, both
+SGD steps), counted apart. The MLPs run at the paper's batch of 32, the CNNs at their configs'.
+Why each number is what it is: docs/baselines_sweep.md, "FLOPs".
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from ccl.bench.cases import CASES, build_case, load_config, synthetic_splits
+from ccl.optim import DualOptimizer
+from ccl.reproduce.paper import TABLE2_MFLOPS
+from ccl.rules import RULES
+
+FLOPS_ARCHS = ("mlp_mnist", "mlp_cifar10", "cnn", "cnn_pool")  # the default of --flops
+METHODS = ("BP", *(method for method in RULES if method != "BP"))  # BP first: the yardstick
+PAPER_BATCH = 32  # Table 2's batch, for the MLPs
+
+
+@dataclass
+class FlopsResult:
+    arch: str
+    method: str
+    batch: int
+    loss_flops: int  # forward, feedback and layer losses
+    backward_flops: int
+    update_flops: int
+
+    @property
+    def step_flops(self) -> int:
+        return self.loss_flops + self.backward_flops
+
+    def per_sample(self, flops: int) -> float:
+        return flops / self.batch / 1e6
+
+    def as_dict(self) -> dict:
+        return {"arch": self.arch, "method": self.method, "batch": self.batch,
+                "mflops_per_sample": self.per_sample(self.step_flops),
+                "loss_mflops_per_sample": self.per_sample(self.loss_flops),
+                "backward_mflops_per_sample": self.per_sample(self.backward_flops),
+                "update_mflops_per_sample": self.per_sample(self.update_flops),
+                "paper_mflops_per_sample": TABLE2_MFLOPS.get((self.arch, self.method))}
+
+
+def counted(function: Callable[[], object]) -> tuple[object, int]:
+    """What `function()` returns, and the FLOPs of its products."""
+    with FlopCounterMode(display=False) as counter:
+        result = function()
+    return result, counter.get_total_flops()
+
+
+def step_flops(loss_function: Callable, optimizer: DualOptimizer, inputs: torch.Tensor,
+               targets: torch.Tensor) -> tuple[int, int, int]:
+    """(loss, backward, update) FLOPs of one training step on one batch."""
+    loss, loss_flops = counted(lambda: loss_function(inputs, targets))
+    _, backward_flops = counted(lambda: optimizer.warmup_scaled(loss).backward())
+    _, update_flops = counted(optimizer.step)
+    return loss_flops, backward_flops, update_flops
+
+
+def count_architecture(arch: str, overrides: dict, device) -> list[FlopsResult]:
+    """One step of every rule the architecture's entry script trains, on synthetic data."""
+    results = []
+    for method in METHODS:
+        changes = {**overrides, "method": method}
+        if arch.startswith("mlp"):
+            changes["batchsize"] = PAPER_BATCH
+        config, script = load_config(CASES[arch], changes)
+        if method not in script.methods:
+            continue
+        batch = config.batchsize
+        case = build_case(config, script, synthetic_splits(config.dataset, (batch, 1, 1), device), device)
+        inputs, targets = next(iter(case.experiment.data.train.epoch(0)))
+        results.append(FlopsResult(arch, method, len(targets),
+                                   *step_flops(case.loss, case.optimizer, inputs, targets)))
+    return results
+
+
+def count_flops(archs: Sequence[str], overrides: dict, device) -> list[FlopsResult]:
+    return [result for arch in archs for result in count_architecture(arch, overrides, device)]
