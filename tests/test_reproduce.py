@@ -185,7 +185,7 @@ def test_table_command_prints_markdown_and_writes_csv(synthetic_runs, tmp_path, 
     for table in TABLES.values():
         assert f"### {table.title}" in out
     rows = list(csv.DictReader(open(tmp_path / "results/table1.csv")))
-    assert len(rows) == 8 + 1  # the paper's rows and the epochs=1 variant
+    assert len(rows) == 16 + 1  # the paper's rows (BP, FA, DFA, CCL x 4 datasets) and the epochs=1 variant
     ccl = next(row for row in rows if row["config"] == "mlp/mnist_ccl" and not row["overrides"])
     assert (ccl["n"], ccl["ours_mean"], ccl["ours_std"], ccl["paper_mean"], ccl["flag"]) == \
         ("3", "98.0", "1.0", "98.13", "0")
@@ -289,3 +289,15 @@ def test_an_unknown_selection_is_exit_2(capsys):
     with pytest.raises(SystemExit) as stop:
         main(["table", "--select", "best"])
     assert stop.value.code == 2 and "invalid choice: 'best'" in capsys.readouterr().err
+
+
+def test_table1_shows_the_baselines_by_dataset_beside_the_papers(synthetic_runs):
+    write_results(synthetic_runs, "mlp/mnist_drtp", 0, test_acc=0.95, dataset="MNIST", method="DRTP")
+    write_results(synthetic_runs, "mlp/mnist_fa", 0, test_acc=0.96)
+    rows = table_rows(TABLES["table1"], collect(synthetic_runs))
+    mnist = [(row.method, row.target.note if row.target else None) for row in rows
+             if row.dataset == "MNIST" and not row.overrides]
+    assert mnist == [("BP", ""), ("FA", ""), ("DFA", "DFA or DTP"), ("DRTP", None), ("CCL", "")]
+    text = markdown(TABLES["table1"], rows)
+    assert "| MNIST | FA | mlp/mnist_fa | both | 96.00 (n=1) | 96.96 +- 0.05 | -0.96 | yes |" in text
+    assert "97.27 +- 0.06 (DFA or DTP)" in text

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ccl.config import read_yaml_sections
-from ccl.reproduce.paper import TABLES, Table, Target, released_procedure, targets_of
+from ccl.reproduce.paper import METHOD_ORDER, PAPER, TABLES, Table, Target, released_procedure, targets_of
 from ccl.run_dir import RESULTS, Damaged, RunDir
 from utils.provenance import REPO_ROOT
 from utils.io import write_text
@@ -151,7 +151,15 @@ def table_rows(table: Table, groups: dict[tuple[str, str, str], list[dict]],
         rows += [make_row(*key, groups.get(key, []), table, target, selection) for key in variants]
     rows += [make_row(*key, results, table, None, selection) for key, results in sorted(groups.items())
              if key[0] not in targets and TABLE_OF_FOLDER[key[0].split("/")[0]] == table.name]
-    return rows
+    return sorted(rows, key=_reading_order)
+
+
+def _reading_order(row: Row) -> tuple:
+    """By dataset, then method in the paper's order of rows (other configs last);
+    sorted() keeps the order within a config (its procedures and variants)."""
+    datasets = list(dict.fromkeys(target.dataset for target in PAPER))
+    return (datasets.index(row.dataset) if row.dataset in datasets else len(datasets),
+            METHOD_ORDER.index(row.method) if row.method in METHOD_ORDER else len(METHOD_ORDER))
 
 
 def duration(seconds: float | None) -> str:
@@ -204,7 +212,8 @@ def _ours(table: Table, row: Row) -> str:
 def _paper(table: Table, row: Row) -> str:
     if row.target is None:
         return "-"
-    return f"{_number(table, row.target.mean)} +- {_number(table, row.target.std)}"
+    note = f" ({row.target.note})" if row.target.note else ""
+    return f"{_number(table, row.target.mean)} +- {_number(table, row.target.std)}{note}"
 
 
 def _setting(row: Row) -> str:
@@ -240,7 +249,10 @@ FOOTNOTE = ("ours: mean +- sample std (n - 1) over n finished runs (seeds). flag
             "the selections were kept counts for val_loss only. A config followed by "
             "(key=value) ran with those overrides (e.g. fewer epochs) and is not the paper's setting. "
             "wall time: the mean `wall_seconds` of results.json (training and validation, over "
-            "every resume; not process start-up, data loading or the test).")
+            "every resume; not process start-up, data loading or the test). The paper's FA and "
+            "DFA-or-DTP rows (its second baseline row's label is uncertain) come from its cited "
+            "sources, with their own code, networks and model selection; our FA, DFA and DRTP rows "
+            "are runs of this project, on the same networks, seeds and epochs as BP and CCL.")
 
 
 def write_tables(runs_root: Path, results_dir: Path, select: str = "val_loss") -> str:
