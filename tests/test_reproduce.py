@@ -278,9 +278,9 @@ def test_select_picks_a_selection_and_old_runs_tabulate_with_the_others_empty(sy
     assert main(["table", "--runs_root", str(synthetic_runs), "--select", "all"]) == 0
     out = capsys.readouterr().out
     assert "| dataset | method | config | procedure | val_loss | val_acc | last | paper |" in out
-    assert ("| FashionMNIST | BP | mlp/fmnist_bp | both | 90.00 +- 0.00 (n=2) | 92.00 +- 0.00 (n=2) | "
-            "91.00 +- 0.00 (n=2) | 89.58 +- 0.25 |") in out
-    assert "| MNIST | CCL | mlp/mnist_ccl | both | 98.00 +- 1.00 (n=3) | no runs | no runs |" in out
+    assert ("| FashionMNIST | BP | mlp/fmnist_bp | both | 90.00 +- 0.00 (n=2, epoch 3) | 92.00 +- 0.00 "
+            "(n=2, epoch 9) | 91.00 +- 0.00 (n=2, epoch 10) | 89.58 +- 0.25 |") in out
+    assert "| MNIST | CCL | mlp/mnist_ccl | both | 98.00 +- 1.00 (n=3, epoch 1) | no runs | no runs |" in out
     rows = list(csv.DictReader(open(synthetic_runs / "tables/table1.csv")))
     assert {row["selection"] for row in rows} == {"val_loss", "val_acc", "last"}
 

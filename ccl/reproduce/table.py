@@ -45,6 +45,7 @@ class Row:
     dataset: str
     method: str
     values: tuple[float, ...]  # the finished runs' metric, in the table's unit
+    epochs: tuple[int, ...]    # the epoch of each of those runs' selected model
     diverged: int
     wall_seconds: float | None  # mean over finished runs: training and validation, no start-up
     target: Target | None
@@ -112,22 +113,24 @@ def procedure_of(config: str, overrides: dict[str, str]) -> tuple[str, str]:
     return kind, " ".join(f"{k}={v}" for k, v in overrides.items())
 
 
-def selected(results: dict, selection: str, metric: str) -> float | None:
-    """The test metric of a finished run's model chosen by `selection` (None if not kept)."""
+def selected(results: dict, selection: str, metric: str) -> tuple[float, int] | None:
+    """(test metric, epoch) of a finished run's model chosen by `selection` (None if not kept)."""
     if "selections" not in results:  # written before the selections were kept
-        return results[f"test_{metric}"] if selection == "val_loss" else None
-    return results["selections"].get(selection, {}).get(f"test_{metric}")
+        return (results[f"test_{metric}"], results["best_epoch"]) if selection == "val_loss" else None
+    chosen = results["selections"].get(selection)
+    return None if chosen is None else (chosen[f"test_{metric}"], chosen["epoch"])
 
 
 def make_row(config: str, procedure: str, overrides: str, results: Sequence[dict], table: Table,
              target: Target | None, selection: str = "val_loss") -> Row:
     finished = [r for r in results if r["status"] == "finished"]
     first = results[0] if results else {}
-    values = [selected(r, selection, table.metric) for r in finished]
+    chosen = [pair for pair in (selected(r, selection, table.metric) for r in finished) if pair is not None]
     return Row(config, procedure, overrides, selection,
                dataset=target.dataset if target else first.get("dataset", "?"),
                method=target.method if target else first.get("method", "?"),
-               values=tuple(value * table.scale for value in values if value is not None),
+               values=tuple(value * table.scale for value, _ in chosen),
+               epochs=tuple(epoch for _, epoch in chosen),
                diverged=sum(r["status"] == "diverged" for r in results),
                wall_seconds=statistics.fmean(r["wall_seconds"] for r in finished) if finished else None,
                target=target)
@@ -191,7 +194,8 @@ def markdown_side_by_side(table: Table, rows_of: dict[str, Sequence[Row]]) -> st
     for same in zip(*rows_of.values()):
         row = same[0]
         lines.append(f"| {row.dataset} | {row.method} | {_setting(row)} | {row.procedure} | "
-                     + " | ".join(_ours(table, r) for r in same) + f" | {_paper(table, row)} |")
+                     + " | ".join(_ours(table, r, with_epochs=True) for r in same)
+                     + f" | {_paper(table, row)} |")
     return "\n".join(lines)
 
 
@@ -199,14 +203,17 @@ def _number(table: Table, value: float | None) -> str:
     return "" if value is None else f"{value:.{table.decimals}f}"
 
 
-def _ours(table: Table, row: Row) -> str:
+def _ours(table: Table, row: Row, with_epochs: bool = False) -> str:
     if row.n == 0 and not row.diverged:
         return "no runs"
     parts = [_number(table, row.mean)] if row.n else []
     if row.std is not None:
         parts.append(f"+- {_number(table, row.std)}")
-    parts.append(f"(n={row.n}" + (f", {row.diverged} diverged)" if row.diverged else ")"))
-    return " ".join(parts)
+    notes = [f"n={row.n}"] + ([f"{row.diverged} diverged"] if row.diverged else [])
+    if with_epochs and row.epochs:
+        low, high = min(row.epochs), max(row.epochs)
+        notes.append(f"epoch {low}" if low == high else f"epochs {low}-{high}")
+    return " ".join([*parts, f"({', '.join(notes)})"])
 
 
 def _paper(table: Table, row: Row) -> str:
