@@ -1,0 +1,210 @@
+"""Every shell command of README.md and docs/*.md runs as written, shortened, or is excused.
+
+A documented command is a line of a ```bash block (continuation lines joined, trailing comments
+and `&&` chains split) or an inline `python ...` span. Each is either in SHORTENED, run here in
+a scratch directory that holds tiny datasets in the official formats under data/ and the
+repository's yaml/ (so the command's own paths work) with the words of SHORTENED appended (one
+epoch of two batches, --dry_run, --quick), or in NOT_RUN with the reason it cannot run in the
+test suite. A new command in the docs that is in neither fails `test_every_documented_command_
+is_run_or_excused`; a stale entry fails it too.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import re
+import shlex
+import sys
+from pathlib import Path
+
+import pytest
+
+import ccl.experiment as experiment
+import models.autoencoder
+from ccl import figures
+from ccl.bench.cli import main as bench_main
+from ccl.reproduce.cli import main as reproduce_main
+from ccl.scripts import AUTOENCODER, CNN, MLP
+from conftest import REPO, accept_test_files
+from tiny_data import write_cifar10, write_cifar100, write_idx_dataset, write_stl10
+from utils.data.prepare import main as prepare_main
+
+DOCUMENTS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
+PROGRAM = re.compile(r"(python3?|torchrun|pip|bash|nohup|CCL_TEST_COMPILE=1)\b")
+
+EPOCH = "--epochs 1 --train_batches_per_epoch 2 --device cpu"
+CNN_EPOCH = f"{EPOCH} --batchsize 8"
+AE_EPOCH = "--epochs 1 --train_batches_per_epoch 1 --batchsize 2 --device cpu"
+RUNNER_EPOCH = "--seeds 2023 --epochs 1 --train_batches_per_epoch 2 --devices cpu"
+
+# documented command -> the words appended to run it here, in this order (later commands read
+# what earlier ones wrote, e.g. the tables and figures read the runs)
+SHORTENED = {
+    "python prepare_data.py MNIST": "",
+    "python prepare_data.py MNIST FashionMNIST": "",
+    "python prepare_data.py CIFAR10 CIFAR100 STL10": "",
+    "python main_class_mlp.py --yaml yaml/mlp/mnist_ccl.yaml --epochs 2": EPOCH,
+    "python main_class_mlp.py --yaml yaml/mlp/mnist_ccl.yaml": EPOCH,
+    "python main_class_mlp.py --yaml yaml/mlp/fmnist_bp.yaml --seed 2024": EPOCH,
+    "python main_class_mlp.py --yaml yaml/mlp/mnist_ccl.yaml --lr_F 0.5 --lr_B 0.2 --loss_scale_C 1": EPOCH,
+    "python main_class_mlp.py --yaml yaml/mlp/mnist_fa.yaml": EPOCH,
+    "python main_class_mlp.py --help": "",
+    "python main_class_cnn.py --yaml yaml/cnn/cifar10_ccl.yaml": CNN_EPOCH,
+    "python main_class_cnn.py --yaml yaml/cnn/cifar10_bp_pool.yaml": CNN_EPOCH,
+    "python main_ae.py --yaml yaml/cnn_ae/stl10_ccl_legacy.yaml": AE_EPOCH,
+    "python main_ae.py --yaml yaml/cnn_ae/stl10_ccl_legacy.yaml --task_transform rot90": AE_EPOCH,
+    "python -m ccl.reproduce run --table table1 --data_root data": "--dry_run",
+    "python -m ccl.reproduce run yaml/mlp/mnist_bp.yaml yaml/mlp/mnist_ccl.yaml yaml/mlp/fmnist_bp.yaml "
+    "yaml/mlp/fmnist_ccl.yaml --data_root data --devices cpu --jobs 2": "--dry_run",
+    "python -m ccl.reproduce run yaml/mlp/cifar10_bp.yaml yaml/mlp/cifar10_ccl.yaml yaml/mlp/cifar100_bp.yaml "
+    "yaml/mlp/cifar100_ccl.yaml --data_root data": f"{RUNNER_EPOCH} --dry_run",
+    "python -m ccl.reproduce run yaml/mlp/mnist_ccl.yaml yaml/mlp/mnist_bp.yaml --seeds 2023 2024 "
+    "--epochs 1 --jobs 2 --devices cpu --data_root data": "--train_batches_per_epoch 2",
+    "python -m ccl.reproduce table": "",
+    "python -m ccl.reproduce table --select all": "",
+    "python -m ccl.bench --device cpu --data_root data --json runs/bench_cpu.json":
+        "--quick --archs mlp_mnist cnn_pool",
+    "python -m ccl.bench --device cpu --archs cnn cnn_pool --no_pipeline --fused_pair_loss 1 --profile": "--quick",
+    "python -m ccl.bench --flops": "--archs mlp_mnist --device cpu",
+}
+
+NEEDS_CUDA = "needs a CUDA GPU (tests/test_cuda.py runs the CUDA paths where one is)"
+COMPILES = "compiles for minutes on a CPU (tests/test_acceleration.py covers compile: CCL_TEST_COMPILE=1)"
+HOURS = "trains for hours; its shortened forms run above, and the runner is tested in tests/test_reproduce.py"
+NOT_RUN = {
+    "pip install -r requirements.txt": "installs packages: CI runs it before the tests",
+    "pip install -r requirements-dev.txt": "installs packages: CI runs it before the tests",
+    "python -m pytest": "is this test suite",
+    'python -m pytest -m "not slow"': "is this test suite's fast lane",
+    "python main_class_mlp.py --resume RUN_DIR": "a template (RUN_DIR); resume is tested in tests/test_resume.py",
+    "python -m ccl.bench": "the program's name in prose; its forms are run above",
+    "python -m ccl.reproduce run": "the program's name in prose; its forms are run above",
+    "python -m ccl.reproduce table [--runs_root runs/reproduce] [--results_dir results]":
+        "a synopsis of optional flags; `python -m ccl.reproduce table` runs above",
+    "python -m ccl.reproduce run CONFIG... [--table table1|table3|autoencoder ...] [--seeds S ...] "
+    "[--jobs N] [--devices D ...] [--threads T] [--runs_root DIR] [--data_root DIR] [--dry_run] "
+    "[--KEY VALUE ...]": "a synopsis with placeholders; its concrete forms run above",
+    "python -m ccl.figures compare runs/cnn_ae/stl10_bp_legacy/seed2023 runs/cnn_ae/stl10_ccl_legacy/seed2023 "
+    "--out runs/bp_vs_ccl.png": "draws two full STL-10 runs; tests/test_figures.py runs compare on tiny runs",
+    "python -m ccl.bench --device cuda --json runs/bench.json": NEEDS_CUDA,
+    "python -m ccl.bench --device cuda --profile": NEEDS_CUDA,
+    "python -m ccl.bench --device cuda --epoch yaml/cnn/cifar10_ccl.yaml": NEEDS_CUDA,
+    "python -m ccl.bench --device cuda --numerics --precision bf16": NEEDS_CUDA,
+    "python -m ccl.bench --device cuda --data_root data --json runs/bench_h100.json": NEEDS_CUDA,
+    "python -m ccl.bench --device cuda --no_pipeline --compile 1 --json runs/bench_h100_compile1.json": NEEDS_CUDA,
+    "python -m ccl.bench --device cuda --no_pipeline --precision bf16 --json runs/bench_h100_bf16.json": NEEDS_CUDA,
+    "python -m ccl.bench --device cuda --no_pipeline --archs cnn cnn_pool --fused_pair_loss 1 --profile "
+    "--json runs/bench_h100_fused.json": NEEDS_CUDA,
+    "python -m ccl.bench --device cuda --no_pipeline --profile --archs mlp_mnist cnn_pool": NEEDS_CUDA,
+    "python -m ccl.bench --device cuda --epoch yaml/cnn/cifar10_ccl.yaml --json runs/epoch_h100.json": NEEDS_CUDA,
+    "python -m ccl.bench --device cuda --numerics --compile 1 --archs mlp_mnist mlp_cifar10 cnn cnn_pool": NEEDS_CUDA,
+    "python -m ccl.bench --device cuda --numerics --precision bf16 --archs mlp_mnist mlp_cifar10 cnn cnn_pool":
+        NEEDS_CUDA,
+    "python -m ccl.bench --device cuda --numerics --fused_pair_loss 1 --archs cnn cnn_pool": NEEDS_CUDA,
+    "python -m ccl.bench --device cpu --numerics --compile 1 --archs mlp_mnist mlp_cifar10 cnn cnn_pool": COMPILES,
+    "python -m ccl.bench --device cpu --numerics --precision bf16 --archs mlp_mnist mlp_cifar10 cnn cnn_pool":
+        "ten steps of every architecture in bfloat16 on a CPU without native bfloat16 (minutes); "
+        "tests/test_bench.py runs --numerics --quick",
+    "python -m ccl.bench --device cpu --numerics --fused_pair_loss 1 --archs cnn cnn_pool":
+        "ten full-size CNN steps (a minute); tests/test_bench.py runs --numerics --quick",
+    "CCL_TEST_COMPILE=1 python -m pytest tests/test_cuda.py tests/test_acceleration.py tests/test_bench.py":
+        "runs tests of this suite with compilation on (minutes on a CPU)",
+    "python -m ccl.reproduce run --table table3 --data_root data --devices cuda:0 --jobs 2": NEEDS_CUDA,
+    "python -m ccl.reproduce run yaml/cnn/cifar10_bp.yaml yaml/cnn/cifar10_ccl.yaml yaml/cnn/cifar100_bp.yaml "
+    "yaml/cnn/cifar100_ccl.yaml --data_root data --devices cuda:0 --jobs 2": NEEDS_CUDA,
+    "python -m ccl.reproduce run --table autoencoder --data_root data --devices cuda:0": NEEDS_CUDA,
+}
+
+
+def documented_commands() -> dict[str, str]:
+    """{command: the document it is in} for every command of the docs."""
+    found = {}
+    for path in DOCUMENTS:
+        text = path.read_text()
+        for block in re.findall(r"```bash\n(.*?)```", text, re.S):
+            for line in re.sub(r"\\\n\s*", " ", block).splitlines():
+                for part in _without_comment(line).split("&&"):
+                    if part.strip():
+                        found.setdefault(" ".join(part.split()), path.name)
+        prose = re.sub(r"```.*?```", "", text, flags=re.S)
+        for span in re.findall(r"`([^`\n]+)`", prose):
+            if PROGRAM.match(span):
+                found.setdefault(" ".join(span.split()), path.name)
+    return found
+
+
+def _without_comment(line: str) -> str:
+    return re.sub(r"(^|\s)#\s.*$", "", line)
+
+
+def test_every_documented_command_is_run_or_excused():
+    documented = documented_commands()
+    listed = set(SHORTENED) | set(NOT_RUN)
+    unknown = {command: where for command, where in documented.items() if command not in listed}
+    assert not unknown, ("commands in the docs that this test neither runs nor excuses (add each to "
+                         f"SHORTENED or NOT_RUN): {unknown}")
+    stale = listed - set(documented)
+    assert not stale, f"entries for commands no longer in the docs: {sorted(stale)}"
+    assert not set(SHORTENED) & set(NOT_RUN)
+
+
+@pytest.fixture(scope="module")
+def scratch(tmp_path_factory):
+    """A directory to run the commands in: tiny datasets under data/, the repository's yaml/,
+    and the loaders accepting the tiny files (in this process and in the runner's)."""
+    root = tmp_path_factory.mktemp("docs")
+    data = root / "data"
+    (root / "yaml").symlink_to(REPO / "yaml")
+    checksum_file = root / "checksums.json"
+    with pytest.MonkeyPatch.context() as patch:
+        accept_test_files(patch, {
+            "utils.data.mnist": {name: write_idx_dataset(data, name, n_train=120, n_test=40)
+                                 for name in ("MNIST", "FashionMNIST")},
+            "utils.data.cifar": {"CIFAR10": write_cifar10(data), "CIFAR100": write_cifar100(data)},
+            "utils.data.stl10": write_stl10(data, n_train=20, n_test=4),
+        }, checksum_file)
+        # the autoencoder's orthogonal init of its 2048-channel weights takes seconds per build
+        patch.setattr(models.autoencoder, "orthogonal", lambda shape: __import__("torch").randn(shape))
+        patch.chdir(root)
+        yield root, checksum_file
+
+
+def program(words: list[str], checksum_file: Path):
+    """The function that runs a command's program in this process, and its arguments."""
+    launcher = (sys.executable, str(REPO / "tests/launch.py"), str(checksum_file))
+    programs = {
+        ("python", "main_class_mlp.py"): lambda argv: experiment.main(MLP, argv),
+        ("python", "main_class_cnn.py"): lambda argv: experiment.main(CNN, argv),
+        ("python", "main_ae.py"): lambda argv: experiment.main(AUTOENCODER, argv),
+        ("python", "prepare_data.py"): prepare_main,
+        ("python", "-m", "ccl.reproduce"): lambda argv: reproduce_main(argv, launcher=launcher),
+        ("python", "-m", "ccl.bench"): bench_main,
+        ("python", "-m", "ccl.figures"): figures.main,
+    }
+    for prefix, function in programs.items():
+        if tuple(words[:len(prefix)]) == prefix:
+            return function, words[len(prefix):]
+    raise AssertionError(f"no runner for {' '.join(words)}")
+
+
+def run(command: str, extra: str, checksum_file: Path) -> tuple[int, str]:
+    function, argv = program(shlex.split(command), checksum_file)
+    output = io.StringIO()
+    with contextlib.redirect_stdout(output), contextlib.redirect_stderr(output):
+        try:
+            code = function([*argv, *shlex.split(extra)])
+        except SystemExit as stop:  # argparse's --help
+            code = stop.code
+    return code, output.getvalue()
+
+
+@pytest.mark.slow
+def test_documented_commands_run(scratch):
+    """Each SHORTENED command, in order, exits 0 (a CUDA-less machine runs the CPU forms)."""
+    _, checksum_file = scratch
+    failures = []
+    for command, extra in SHORTENED.items():
+        code, output = run(command, extra, checksum_file)
+        if code not in (0, None):
+            failures.append(f"{command} {extra}: exit {code}\n{output[-2000:]}")
+    assert not failures, "\n\n".join(failures)
