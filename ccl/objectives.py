@@ -24,6 +24,7 @@ class Classification:
     (a C x C identity), so b_l holds one template per class and costs C samples per step."""
 
     metric_names = ("loss", "acc")
+    feedback_reads_batch = False  # the feedback input is the same on every rank of a run
 
     def __init__(self, num_classes: int, alignment: AlignmentLoss, flood_threshold: float | None):
         self.num_classes = num_classes
@@ -63,6 +64,7 @@ class Reconstruction:
     hidden pairs add the centred/normalised term."""
 
     metric_names = ("mse",)
+    feedback_reads_batch = True  # the feedback input is the batch's targets
 
     def __init__(self, loss_scale_C: float, loss_scale_D: float):
         self.loss_scale_C = loss_scale_C
