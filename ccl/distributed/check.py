@@ -110,6 +110,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batchsize", type=int, default=None, help="the global batch (default: the config's)")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
     parser.add_argument("--threads", type=int, default=1, help="CPU threads per process (default 1)")
+    parser.add_argument("--rounding", action="store_true",
+                        help="also train one process with twice the threads: how far rounding alone "
+                             "(other sums' order) moves the same run, the floor of the differences")
     parser.add_argument("--worker", type=Path, default=None, help=argparse.SUPPRESS)  # a rank's side
     return parser
 
@@ -150,6 +153,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         manys = run_processes([arg for arg in argv], args.processes, env=env)
         for config in args.configs:
             print(report(config, args.processes, ones[config], manys[config]))
+        if args.rounding:
+            torch.set_num_threads(2 * args.threads)
+            for config in args.configs:
+                gap = differences(ones[config], train(config, overrides_of(args), device, args.sizes, world))
+                print(f"{config}: one process, {args.threads} vs {2 * args.threads} threads: parameters differ "
+                      f"by {gap['to_value']:.1e} of their size ({gap['worst']}; {gap['to_change']:.1e} of "
+                      f"their change), metrics by {gap['metrics']:.1e}")
         return 0
     except UserError as error:
         print(f"{PROG}: error: {error}", file=sys.stderr)
