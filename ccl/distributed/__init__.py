@@ -157,7 +157,7 @@ class World:
     @staticmethod
     def lost_rank(error: BaseException) -> bool:
         """Whether `error` says that another rank of the run is gone (died, or hung)."""
-        return isinstance(error, dist.DistError) or (
+        return isinstance(error, getattr(dist, "DistError", ())) or (
             isinstance(error, RuntimeError) and any(text in str(error) for text in LOST_RANK_MESSAGES))
 
     # --- batches ---------------------------------------------------------------------------
