@@ -207,7 +207,7 @@ class Trainer:
         for inputs, targets in bar:
             loss = self.training_loss(inputs, targets)
             self.optimizer.warmup_scaled(loss, progress.batch).backward()
-            self.world.average_gradients(self.parameters)  # across processes: the global batch's
+            self.world.average_gradients(self.parameters)  # several processes: the global batch's gradient
             self.optimizer.step()
             monitor.observe(loss, len(targets))
             progress.batch += 1

@@ -51,35 +51,33 @@ def commands_in(log) -> list[str]:
 
 @pytest.mark.slow
 def test_a_sweep_is_submitted_once_and_a_killed_job_is_resumed(sweep, tmp_path):
-    code, out = sweep("--seeds", "1", "2", "3", "4", "--epochs", "1")
+    sweep_args = ("--seeds", "1", "2", "3", "4", "--epochs", "6")
+    code, out = sweep(*sweep_args)
     assert code == 0 and submitted(out) == 4, out
-    runs = [tmp_path / f"runs/mlp/mnist_ccl-epochs=1/seed{seed}" for seed in (1, 2, 3, 4)]
+    runs = [tmp_path / f"runs/mlp/mnist_ccl-epochs=6/seed{seed}" for seed in (1, 2, 3, 4)]
     for run in runs:
         record = read_record(run_of(run))
         assert record["executor"] == "submitit_local" and f"job {record['job_id']} " in out
-    code, out = sweep("--seeds", "1", "2", "3", "4", "--epochs", "1")  # while they run (or have ended)
+    code, out = sweep(*sweep_args)  # while they run (or have ended)
     assert code == 0 and "nothing to submit" in out and submitted(out) == 0, out
 
-    wait_for(lambda: all((run / "results.json").is_file() for run in runs), "the sweep")
-    code, out = sweep("--seeds", "1", "2", "3", "4", "--epochs", "1")
-    assert code == 0 and out.count("finished  ") == 4 and "nothing to submit" in out, out
-    for run in runs:  # each trained once
-        assert len(commands_in(run.with_name(f"{run.name}.log"))) == 1
-
-    # a job killed midway (its entry script, SIGKILL, after the first checkpoint)
-    killed = tmp_path / "runs/mlp/mnist_ccl-epochs=6/seed5"
-    code, out = sweep("--seeds", "5", "--epochs", "6")
-    assert code == 0 and submitted(out) == 1
+    killed = runs[-1]  # its entry script, SIGKILL, after its first checkpoint
     wait_for(lambda: (killed / "checkpoint.pt").is_file(), "the first checkpoint")
-    os.kill(int((killed / ".lock").read_text()), signal.SIGKILL)  # the pid of its one writer
-    wait_for(lambda: active_job(run_of(killed)) is None, "the killed job's end")
+    os.kill(int((killed / ".lock").read_text()), signal.SIGKILL)  # the pid of the run's one writer
+    wait_for(lambda: all((run / "results.json").is_file() for run in runs[:-1])
+             and active_job(run_of(killed)) is None, "the end of the jobs")
     assert not (killed / "results.json").exists()
-    code, out = sweep("--seeds", "5", "--epochs", "6")
-    assert code == 0 and submitted(out) == 1, out
+    code, out = sweep(*sweep_args)
+    assert code == 0 and submitted(out) == 1 and out.count("finished  ") == 3, out
     wait_for(lambda: (killed / "results.json").is_file(), "the resumed run")
-    log = killed.with_name("seed5.log").read_text()
-    first, second = commands_in(killed.with_name("seed5.log"))
-    assert "--overwrite" in first and f"--resume {killed}" in second and "resuming" in log
+    code, out = sweep(*sweep_args)
+    assert code == 0 and out.count("finished  ") == 4 and "nothing to submit" in out, out
+
+    for run in runs[:-1]:  # each trained once
+        assert len(commands_in(run.with_name(f"{run.name}.log"))) == 1
+    first, second = commands_in(killed.with_name(f"{killed.name}.log"))
+    assert "--overwrite" in first and f"--resume {killed}" in second
+    assert "resuming" in killed.with_name(f"{killed.name}.log").read_text()
 
 
 def run_of(run_dir) -> Run:
