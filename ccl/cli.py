@@ -10,8 +10,8 @@ from typing import Any
 
 import torch
 
-from ccl.distributed import BACKENDS
 from ccl.config import KEYS, SECTIONS, Config, build_config, closest, parse_cli_value, read_yaml_sections
+from ccl.distributed import BACKENDS
 from ccl.run_dir import RunDir
 from utils.errors import ConfigError
 

@@ -125,9 +125,10 @@ def main(script: Script, argv: Sequence[str] | None = None) -> int:
         world.check(config, uses_fused_pair_loss="fused_pair_loss" not in script.ignored
                     and config.method == "CCL")
         device = world.device(options.device)
-        notes = script.warnings(config) + ([f"--dist_backend {options.dist_backend} is ignored: this "
-                                            f"run has one process (start several with torchrun)"]
-                                           if options.dist_backend and world.size == 1 else [])
+        notes = script.warnings(config)
+        if options.dist_backend and world.size == 1:
+            notes.append(f"--dist_backend {options.dist_backend} is ignored: this run has one process "
+                         f"(start several with torchrun)")
         for note in notes if world.is_main else ():
             print(f"{script.prog}: warning: {note}", file=sys.stderr)
         with world.joined(device, options.dist_backend), _quiet_unless(world.is_main):

@@ -260,7 +260,7 @@ class ReadOnlyRunDir(RunDir):
     rank 0 alone writes it and holds its lock (ccl/distributed), so every write here is skipped."""
 
     @contextmanager
-    def locked(self) -> Iterator["RunDir"]:
+    def locked(self) -> Iterator[RunDir]:
         yield self
 
     def _skip(self, *args) -> None:

@@ -56,7 +56,7 @@ class DivergenceMonitor:
     or stops, at the same step."""
 
     def __init__(self, step: int = 0, loss_sum: float = 0.0, samples: int = 0,
-                 world: World = ONE_PROCESS, stop: "StopRequests | None" = None):
+                 world: World = ONE_PROCESS, stop: StopRequests | None = None):
         self.step = step  # steps observed, the unread ones included
         self.loss_sum = loss_sum
         self.samples = samples

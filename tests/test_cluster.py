@@ -10,11 +10,11 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import REPO
 
 from ccl.reproduce.cli import main
 from ccl.reproduce.cluster import active_job, read_record
 from ccl.reproduce.runner import Run
-from conftest import REPO
 
 YAML = str(REPO / "yaml/mlp/mnist_ccl.yaml")
 

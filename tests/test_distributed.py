@@ -12,15 +12,14 @@ import time
 
 import pytest
 import torch
-
-import models.autoencoder
-from ccl.distributed import World
-from ccl.distributed import check
 from check_rank import TINY_AE_WIDTHS
 from conftest import REPO
 from runs import MLP_YAML, ONE_THREAD, outcome, run_mlp, wait_for_file
 from tiny_data import write_checksum_file, write_idx_dataset
-import utils.data.mnist as mnist
+
+import models.autoencoder
+from ccl.distributed import World, check
+from utils.data import mnist
 
 TORCHRUN = (sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2")
 # batches of 8 from 19 training images: two split between the ranks, the last (3) trained whole
@@ -159,8 +158,8 @@ def test_a_killed_rank_ends_the_job_naming_it_and_the_run_resumes(tiny, one_proc
 
 
 @pytest.mark.parametrize("argv, environment, message", [
-    (["--batchsize", "33"], {}, "batchsize 33 cannot be shared equally by 2 processes: start a number of "
-                                "processes that divides it (3, 11, 33)"),
+    (["--batchsize", "33"], {}, ("batchsize 33 cannot be shared equally by 2 processes: start a number "
+                                 "of processes that divides it (3, 11, 33)")),
     (["--dist_backend", "nccl"], {}, "--dist_backend nccl needs CUDA GPUs and there are none here"),
     (["--device", "cuda:1"], {"cuda": True}, "under torchrun each process takes the GPU of its LOCAL_RANK"),
     (["--compile", "1"], {}, "compile 1 is not supported across processes"),

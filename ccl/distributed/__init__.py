@@ -67,7 +67,7 @@ class World:
     whole_batch: bool = True  # this rank holds the whole batch in progress (always, in one process)
 
     @classmethod
-    def from_environment(cls, environ=os.environ) -> "World":
+    def from_environment(cls, environ=os.environ) -> World:
         """The world torchrun started this process in (its RANK, WORLD_SIZE, LOCAL_RANK)."""
         size = int(environ.get("WORLD_SIZE", 1))
         if size == 1:
@@ -136,7 +136,7 @@ class World:
         return backend
 
     @contextmanager
-    def joined(self, device: str, backend: str | None) -> Iterator["World"]:
+    def joined(self, device: str, backend: str | None) -> Iterator[World]:
         """The process group of the run, for the block's duration (one process: none)."""
         if self.size == 1:
             yield self
