@@ -11,12 +11,13 @@ from typing import Any
 import torch
 
 from ccl.config import KEYS, SECTIONS, Config, build_config, closest, parse_cli_value, read_yaml_sections
+from ccl.distributed import BACKENDS
 from ccl.run_dir import RunDir
 from utils.errors import ConfigError
 
 DEFAULT_DATA_ROOT = Path("data")
 # Flags that may change when a run is resumed: they do not change its numbers.
-RESUMABLE_FLAGS = ("data_root", "device")
+RESUMABLE_FLAGS = ("data_root", "device", "dist_backend")
 
 
 @dataclass(frozen=True)
@@ -27,6 +28,7 @@ class RunOptions:
     device: str
     resume: bool
     overwrite: bool
+    dist_backend: str | None = None  # under torchrun: gloo or nccl (None: from the device)
 
     def as_dict(self) -> dict[str, Any]:
         return {"yaml": str(self.yaml) if self.yaml else None, "data_root": str(self.data_root),
@@ -57,6 +59,9 @@ def build_parser(prog: str, description: str) -> argparse.ArgumentParser:
                      help="continue the interrupted run in RUN_DIR with its saved config")
     run.add_argument("--overwrite", action="store_true",
                      help="delete an existing run directory and start again")
+    run.add_argument("--dist_backend", choices=BACKENDS, default=None,
+                     help="under torchrun: the processes' communication backend (default: gloo on "
+                          "the CPU, nccl on CUDA); see docs/SCALING.md")
     for section in SECTIONS:
         group = parser.add_argument_group(f"config keys, section '{section}' (override the YAML)")
         for name, key in KEYS.items():
@@ -119,7 +124,7 @@ def parse_command_line(argv: Sequence[str] | None, prog: str, description: str,
     config = build_config(read_yaml_sections(args.yaml), overrides, script_defaults, str(args.yaml))
     out_dir = args.out_dir or default_out_dir(args.yaml, overrides, config.seed)
     return config, RunOptions(args.yaml, args.data_root or DEFAULT_DATA_ROOT, out_dir, device,
-                              False, args.overwrite)
+                              False, args.overwrite, args.dist_backend)
 
 
 def _resumed(args, overrides) -> tuple[Config, RunOptions]:
@@ -139,4 +144,4 @@ def _resumed(args, overrides) -> tuple[Config, RunOptions]:
     data_root = args.data_root or Path(str(run.get("data_root") or DEFAULT_DATA_ROOT))
     saved_device = str(run["device"]) if run.get("device") else None
     device = resolve_device(args.device or saved_device)  # the run's own device by default
-    return config, RunOptions(yaml_path, data_root, args.resume, device, True, False)
+    return config, RunOptions(yaml_path, data_root, args.resume, device, True, False, args.dist_backend)

@@ -7,6 +7,8 @@ benchmark builds its cases with the same `build`.
 """
 from __future__ import annotations
 
+import contextlib
+import os
 import signal
 import sys
 from collections.abc import Callable, Mapping, Sequence
@@ -19,8 +21,10 @@ import torch
 from ccl.acceleration import check_supported
 from ccl.cli import RunOptions, parse_command_line
 from ccl.config import KEYS, Config, config_yaml, ignored_settings
+from ccl.distributed import ONE_PROCESS, Relayed, World
+from ccl.distributed.batchnorm import synchronise_batch_norm
 from ccl.rules import RULES, add_fixed_feedback
-from ccl.run_dir import CHECKPOINT, DIVERGED, FINISHED, RunDir, RunDirError
+from ccl.run_dir import CHECKPOINT, DIVERGED, FINISHED, ReadOnlyRunDir, RunDir, RunDirError
 from ccl.trainer import Diverged, Interrupted, Trainer
 from models import build_model
 from models.network import DualNetwork
@@ -42,7 +46,7 @@ class Script:
     architectures: tuple[str, ...]
     datasets: tuple[str, ...]
     make_data: Callable[[Config, Splits], Data]
-    make_objective: Callable[[Config, int], Any]
+    make_objective: Callable[[Config, int, World], Any]  # (config, classes, the run's processes)
     methods: tuple[str, ...] = tuple(RULES)
     defaults: Mapping[str, Any] = field(default_factory=dict)
     check: Callable[[Config], None] = lambda config: None
@@ -93,46 +97,90 @@ class Experiment:
     model: DualNetwork
     objective: Any
     rule: Callable
+    world: World = ONE_PROCESS  # the processes that train it together
 
 
-def build(script: Script, config: Config, splits: Splits, device) -> Experiment:
+def build(script: Script, config: Config, splits: Splits, device, world: World = ONE_PROCESS) -> Experiment:
     """The data, model and objective of `config` on `device`, the model initialised from the
-    config's seed. Every run, and every case of the benchmark, is built here."""
+    config's seed, as rank `world.rank` of `world.size` trains it (its terms that couple the
+    samples of a batch reading the global batch). Every run, and every case of the benchmark,
+    is built here."""
     set_seed(config.seed)
     data = script.make_data(config, splits)
     model = build_model(config, data.input_shape, data.num_classes).to(device)
     add_fixed_feedback(config, model, data.input_shape, data.num_classes)
-    return Experiment(config, data, model, script.make_objective(config, data.num_classes),
-                      RULES[config.method])
+    objective = script.make_objective(config, data.num_classes, world)
+    synchronise_batch_norm(model, world, feedback=objective.feedback_reads_batch)
+    return Experiment(config, data, model, objective, RULES[config.method], world)
 
 
 def main(script: Script, argv: Sequence[str] | None = None) -> int:
-    """Parse the command line, train, test; returns the process exit code."""
+    """Parse the command line, train, test; returns the process exit code. Started by torchrun,
+    this process is one rank of the run (ccl/distributed): rank 0 prints and writes, the others
+    print only their own errors."""
+    world = World.from_environment()
+    rank = f"rank {world.rank}: " if world.size > 1 else ""
     try:
         config, options = parse_command_line(argv, script.prog, script.description,
                                              {"task": script.task, **script.defaults})
         script.validate(config)
         check_supported(config, options.device)
-        for note in script.warnings(config):
+        world.check(config, uses_fused_pair_loss="fused_pair_loss" not in script.ignored
+                    and config.method == "CCL")
+        device = world.device(options.device)
+        notes = script.warnings(config)
+        if options.dist_backend and world.size == 1:
+            notes.append(f"--dist_backend {options.dist_backend} is ignored: this run has one process "
+                         f"(start several with torchrun)")
+        for note in notes if world.is_main else ():
             print(f"{script.prog}: warning: {note}", file=sys.stderr)
-        return run(script, config, options)
+        with world.joined(device, options.dist_backend), _quiet_unless(world.is_main):
+            return run(script, config, options, world)
+    except Relayed as error:  # rank 0 has said why
+        return error.exit_code
     except UserError as error:
-        print(f"{script.prog}: error: {error}", file=sys.stderr)
+        print(f"{script.prog}: error: {rank}{error}", file=sys.stderr)
         return error.exit_code
     except KeyboardInterrupt:  # Ctrl-C before the training loop started
         print(f"\n{script.prog}: interrupted", file=sys.stderr)
         return 128 + signal.SIGINT
+    except RuntimeError as error:
+        if not world.lost_rank(error):
+            raise
+        print(f"{script.prog}: error: {rank}lost another process of the run "
+              f"({str(error).splitlines()[0]}); torchrun names the one that failed. Continue the run "
+              f"from its last checkpoint with the same torchrun command and --resume RUN_DIR",
+              file=sys.stderr)
+        return 1
 
 
-def run(script: Script, config: Config, options: RunOptions) -> int:
-    run_dir = RunDir(options.out_dir)
+@contextlib.contextmanager
+def _quiet_unless(speaking: bool):
+    """The ranks other than 0 train silently: rank 0 reports the run's progress and outcome.
+    What they raise still reaches their stderr (printed once the block has ended)."""
+    if speaking:
+        yield
+        return
+    with open(os.devnull, "w") as nowhere, contextlib.redirect_stdout(nowhere), \
+            contextlib.redirect_stderr(nowhere):
+        yield
+
+
+def run(script: Script, config: Config, options: RunOptions, world: World = ONE_PROCESS) -> int:
+    run_dir = RunDir(options.out_dir) if world.is_main else ReadOnlyRunDir(options.out_dir)
     with run_dir.locked():
-        if options.resume:
-            return train(script, config, options, run_dir, run_dir.load_checkpoint(config))
-        repeated = start_afresh(script, config, options, run_dir)
+        repeated, checkpoint = world.on_main(lambda: _prepare(script, config, options, run_dir))
         if repeated is not None:
             return repeated
-        return train(script, config, options, run_dir, checkpoint=None)
+        return train(script, config, options, run_dir, checkpoint, world)
+
+
+def _prepare(script: Script, config: Config, options: RunOptions, run_dir: RunDir
+             ) -> tuple[int | None, dict | None]:
+    """(the exit code of a run that has already ended, or None; the checkpoint to resume from)."""
+    if options.resume:
+        return None, run_dir.load_checkpoint(config)
+    return start_afresh(script, config, options, run_dir), None
 
 
 def start_afresh(script: Script, config: Config, options: RunOptions, run_dir: RunDir) -> int | None:
@@ -177,10 +225,10 @@ def result_line(results: dict, run_dir: RunDir) -> str:
 
 
 def train(script: Script, config: Config, options: RunOptions, run_dir: RunDir,
-          checkpoint: dict | None) -> int:
+          checkpoint: dict | None, world: World = ONE_PROCESS) -> int:
     with deterministic_kernels(config.deterministic):
         try:
-            return _train(script, config, options, run_dir, checkpoint)
+            return _train(script, config, options, run_dir, checkpoint, world)
         except RuntimeError as error:
             if not (config.deterministic and is_nondeterminism_error(error)):
                 raise
@@ -189,17 +237,17 @@ def train(script: Script, config: Config, options: RunOptions, run_dir: RunDir,
 
 
 def _train(script: Script, config: Config, options: RunOptions, run_dir: RunDir,
-           checkpoint: dict | None) -> int:
-    device = torch.device(options.device)
+           checkpoint: dict | None, world: World) -> int:
+    device = torch.device(world.device(options.device))
     splits = load_splits(config.dataset, options.data_root, config.seed).to(device)
-    experiment = build(script, config, splits, device)
+    experiment = build(script, config, splits, device, world)
     trainer = Trainer(experiment, run_dir)
     if options.resume:
         resume(trainer, checkpoint, script.prog)
     run_dir.remove_results()  # the run is in progress again
     identity = {"seed": config.seed, "method": config.method, "dataset": config.dataset,
                 "config": str(options.yaml) if options.yaml else None,
-                "epochs_planned": config.epochs, **provenance(device)}
+                "epochs_planned": config.epochs, **provenance(device), **world.describe()}
     try:
         results = trainer.fit()
     except Diverged as error:
@@ -228,7 +276,7 @@ def _train(script: Script, config: Config, options: RunOptions, run_dir: RunDir,
         raise WriteError(f"{error}{then}") from None
     results = {**results, **identity}
     run_dir.write_results(results)
-    if script.report is not None:
+    if script.report is not None and world.is_main:
         script.report(experiment.model, experiment.data, run_dir.path)
     print(result_line(results, run_dir))
     return 0
@@ -249,6 +297,11 @@ def resume(trainer: Trainer, checkpoint: dict | None, prog: str) -> None:
                         f"--overwrite") from None
     trainer.rewrite_views()
     print(f"resuming {run_dir} {_position(trainer)}")
+    processes = checkpoint.get("processes", 1)
+    if processes != trainer.world.size:
+        print(f"{prog}: warning: the run had {processes} process(es) and now has {trainer.world.size}: "
+              f"it trains on the same batches, but its numbers may differ in the last digits from "
+              f"an uninterrupted run (the ranks add up in another order)", file=sys.stderr)
     threads = checkpoint.get("cpu_threads", torch.get_num_threads())
     if trainer.device.type == "cpu" and threads != torch.get_num_threads():
         print(f"{prog}: warning: the run used {threads} CPU threads and now has "

@@ -11,6 +11,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ccl.distributed import World
+
 NORM_EPS = 1e-8
 # The released code floods at |p(true class) - 1| < 0.1 whatever `filter_target` says.
 RELEASED_FLOOD_THRESHOLD = 0.1
@@ -50,14 +52,23 @@ def mlp_alignment_loss(a: torch.Tensor, b: torch.Tensor, onehot: torch.Tensor,
 
 def cnn_alignment_loss(a: torch.Tensor, b: torch.Tensor, onehot: torch.Tensor,
                        keep: torch.Tensor | None = None, *, loss_scale_C: float,
-                       loss_scale_ssl: float) -> torch.Tensor:
-    """Row-normalised alignment plus the two decorrelation terms (main_class_cnn.py)."""
+                       loss_scale_ssl: float, batch: World | None = None) -> torch.Tensor:
+    """Row-normalised alignment plus the two decorrelation terms (main_class_cnn.py). `batch`:
+    across processes, the world whose global batch these rows are a slice of."""
     A, B = _unit_rows(_rows(a, keep)), _unit_rows(b.flatten(1))
-    eye_a = torch.eye(A.shape[0], device=A.device, dtype=A.dtype)
     eye_b = torch.eye(B.shape[0], device=B.device, dtype=B.dtype)
     return (F.mse_loss(A @ B.T, onehot) * loss_scale_C
-            + F.mse_loss(A @ A.T, eye_a) * loss_scale_ssl
+            + _sample_decorrelation(A, batch) * loss_scale_ssl
             + F.mse_loss(B @ B.T, eye_b) * loss_scale_ssl)
+
+
+def _sample_decorrelation(A: torch.Tensor, batch: World | None) -> torch.Tensor:
+    """`mse(A @ A.T, I)` over the global batch. Across processes each rank takes its rows of the
+    N x N Gram matrix (its rows against every rank's) and their mean: the ranks' means average to
+    the global one, and their gradients, summed back through the gather, to its gradient."""
+    rows, start = (A, 0) if batch is None else batch.gather_rows(A)
+    eye = torch.eye(A.shape[0], rows.shape[0], device=A.device, dtype=A.dtype)
+    return F.mse_loss(A @ rows.T, eye.roll(start, dims=1) if start else eye)
 
 
 class _FusedCnnPairLoss(torch.autograd.Function):

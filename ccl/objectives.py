@@ -27,6 +27,7 @@ class Classification:
     # model selection: name -> (validation metric, whether lower is better). The first is the
     # released rule, whose model gives a run's test_* results; each is tested at the end.
     selections = {"val_loss": ("loss", True), "val_acc": ("acc", False)}
+    feedback_reads_batch = False  # the feedback input is the same on every rank of a run
 
     def __init__(self, num_classes: int, alignment: AlignmentLoss, flood_threshold: float | None):
         self.num_classes = num_classes
@@ -67,6 +68,7 @@ class Reconstruction:
 
     metric_names = ("mse",)
     selections = {"val_loss": ("mse", True)}  # the validation loss is the MSE
+    feedback_reads_batch = True  # the feedback input is the batch's targets
 
     def __init__(self, loss_scale_C: float, loss_scale_D: float):
         self.loss_scale_C = loss_scale_C

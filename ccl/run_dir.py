@@ -258,3 +258,18 @@ def _load(path: Path, what: str, fix: str, missing_ok: bool = False, map_locatio
         summary = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise Damaged(f"the {what} {path} is damaged ({summary}); {fix}") from None
 
+
+
+class ReadOnlyRunDir(RunDir):
+    """The run directory as the ranks other than 0 of a run over several processes see it:
+    rank 0 alone writes it and holds its lock (ccl/distributed), so every write here is skipped."""
+
+    @contextmanager
+    def locked(self) -> Iterator[RunDir]:
+        yield self
+
+    def _skip(self, *args) -> None:
+        return None
+
+    clear = write_config = write_metrics = save_checkpoint = save_best = write_results = \
+        remove_results = _skip

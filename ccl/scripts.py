@@ -11,6 +11,7 @@ from __future__ import annotations
 from functools import partial
 
 from ccl.config import Config
+from ccl.distributed import ONE_PROCESS, World
 from ccl.experiment import Script
 from ccl.losses import cnn_alignment_loss, fused_cnn_alignment_loss, mlp_alignment_loss
 from ccl.objectives import Classification, Reconstruction, flood_threshold
@@ -20,7 +21,8 @@ from utils.errors import ConfigError
 from utils.figures import save_reconstructions
 
 
-def mlp_objective(config: Config, num_classes: int) -> Classification:
+def mlp_objective(config: Config, num_classes: int, world: World = ONE_PROCESS) -> Classification:
+    # its pair loss is a mean over samples: nothing of the global batch to gather
     return Classification(num_classes, partial(mlp_alignment_loss, loss_scale_C=config.loss_scale_C),
                           flood_threshold(config))
 
@@ -46,10 +48,12 @@ MLP = Script(
 )
 
 
-def cnn_objective(config: Config, num_classes: int) -> Classification:
-    pair_loss = fused_cnn_alignment_loss if config.fused_pair_loss else cnn_alignment_loss
-    alignment = partial(pair_loss, loss_scale_C=config.loss_scale_C,
-                        loss_scale_ssl=config.loss_scale_ssl)
+def cnn_objective(config: Config, num_classes: int, world: World = ONE_PROCESS) -> Classification:
+    scales = {"loss_scale_C": config.loss_scale_C, "loss_scale_ssl": config.loss_scale_ssl}
+    if config.fused_pair_loss:  # one process only (World.check)
+        alignment = partial(fused_cnn_alignment_loss, **scales)
+    else:  # the Gram term of the samples gathers the global batch's rows
+        alignment = partial(cnn_alignment_loss, **scales, batch=world if world.size > 1 else None)
     return Classification(num_classes, alignment, flood_threshold(config))
 
 
@@ -67,7 +71,8 @@ CNN = Script(
 )
 
 
-def ae_objective(config: Config, num_classes: int) -> Reconstruction:
+def ae_objective(config: Config, num_classes: int, world: World = ONE_PROCESS) -> Reconstruction:
+    # its pair losses are means over samples: nothing of the global batch to gather
     return Reconstruction(config.loss_scale_C, config.loss_scale_D)
 
 

@@ -20,6 +20,8 @@ import torch
 from tqdm import tqdm
 
 from ccl.acceleration import training_loss
+from ccl.distributed import ONE_PROCESS, World
+from ccl.distributed.data import shard
 from ccl.optim import DualOptimizer
 from ccl.run_dir import PRIMARY_SELECTION, RunDir
 from utils.seed import restore_rng_states, rng_states
@@ -47,32 +49,49 @@ class Interrupted(Exception):
 class DivergenceMonitor:
     """Holds each step's training loss on the device, unread, until `raise_if_diverged` reads
     them all at once: it raises at the first step whose loss was not finite, and otherwise adds
-    every loss times its batch size to `loss_sum` (float64, in step order). Between two reads
-    the step costs no device work and never waits for the device."""
+    every loss times its batch size to `loss_sum` (float64, in step order) and the batch sizes
+    to `samples`. Between two reads the step costs no device work and never waits for the device.
 
-    def __init__(self, step: int = 0, loss_sum: float = 0.0):
+    Across processes the read averages each step's loss over the ranks (the global batch's loss)
+    and carries the ranks' stop requests (`stop`), in one all-reduce: every rank then diverges,
+    or stops, at the same step."""
+
+    def __init__(self, step: int = 0, loss_sum: float = 0.0, samples: int = 0,
+                 world: World = ONE_PROCESS, stop: StopRequests | None = None):
         self.step = step  # steps observed, the unread ones included
         self.loss_sum = loss_sum
+        self.samples = samples
+        self.world, self.stop = world, stop
+        self._agreed_stop: int | None = None
         self._losses: list[torch.Tensor] = []
         self._batch_sizes: list[int] = []
 
     def observe(self, loss: torch.Tensor, batch_size: int = 1) -> None:
         self._losses.append(loss.detach())
-        self._batch_sizes.append(batch_size)
+        self._batch_sizes.append(self.world.global_size(batch_size))
         self.step += 1
+
+    def stop_signal(self) -> int | None:
+        """The signal to stop for at this step boundary: in one process as soon as it came;
+        across processes once every rank knows of it (at a read)."""
+        if self.world.size == 1:
+            return self.stop.signal_number if self.stop else None
+        return self._agreed_stop
 
     def raise_if_diverged(self) -> None:
         if not self._losses:
             return
         losses = torch.stack(self._losses)
         sizes = torch.tensor(self._batch_sizes, dtype=losses.dtype, device=losses.device)
-        values, weighted = torch.stack((losses, losses * sizes)).tolist()  # the one read
+        (values, weighted), self._agreed_stop = self.world.read_mean(  # the one read
+            torch.stack((losses, losses * sizes)), self.stop.signal_number if self.stop else None)
         first_step = self.step - len(values) + 1
-        self._losses, self._batch_sizes = [], []
+        batch_sizes, self._losses, self._batch_sizes = self._batch_sizes, [], []
         for offset, (value, product) in enumerate(zip(values, weighted)):
             if not math.isfinite(value):
                 raise Diverged(first_step + offset)
             self.loss_sum += product
+            self.samples += batch_sizes[offset]
 
 
 class StopRequests:
@@ -120,7 +139,8 @@ class Trainer:
         self.config = experiment.config
         self.model = experiment.model
         self.objective = experiment.objective
-        self.data = experiment.data
+        self.world = experiment.world
+        self.data = shard(experiment.data, self.world)  # each rank's part of every batch
         self.training_loss = training_loss(self.config, self.model, self.objective, experiment.rule)
         self.run_dir = run_dir
         self.log = log
@@ -131,6 +151,7 @@ class Trainer:
         self.best: dict[str, dict] = {}  # selection -> its epoch and validation metrics
         self.wall_seconds = 0.0
         self.stop = StopRequests()
+        self.parameters = self.optimizer.forward_params + self.optimizer.feedback_params
 
     # --- checkpoints -----------------------------------------------------------------------
     def checkpoint(self) -> dict:
@@ -138,7 +159,8 @@ class Trainer:
                 "progress": vars(self.progress).copy(), "history": self.history, "best": self.best,
                 "wall_seconds": self.wall_seconds, "rng": rng_states(),
                 "config": self.config.as_dict(),
-                "cpu_threads": torch.get_num_threads()}  # CPU sums depend on the thread count
+                "cpu_threads": torch.get_num_threads(),  # CPU sums depend on the thread count
+                "processes": self.world.size}  # and so do the ranks' reductions
 
     def restore(self, state: dict) -> None:
         """Continue from a checkpoint (loaded on the CPU)."""
@@ -171,18 +193,20 @@ class Trainer:
         try:
             with self.stop:
                 while self.progress.epoch < self.config.epochs:
-                    self._train_epoch()
+                    monitor = self._train_epoch()
                     self._finish_epoch()
-                    if self.stop.signal_number is not None and self.progress.epoch < self.config.epochs:
-                        raise Interrupted(self.stop.signal_number)
+                    stop = monitor.stop_signal()
+                    if stop is not None and self.progress.epoch < self.config.epochs:
+                        raise Interrupted(stop)
         finally:
             self.wall_seconds += time.perf_counter() - started
         return self._test()
 
-    def _train_epoch(self) -> None:
+    def _train_epoch(self) -> DivergenceMonitor:
         progress, loader = self.progress, self.data.train
         self.model.train()
-        monitor = DivergenceMonitor(self.optimizer.steps_taken, progress.loss_sum)
+        monitor = DivergenceMonitor(self.optimizer.steps_taken, progress.loss_sum, progress.samples,
+                                    self.world, self.stop)
         started = time.perf_counter()
         batches = loader.epoch(progress.epoch, progress.batch, progress.augment_state)
         bar = tqdm(batches, total=len(loader), initial=progress.batch, disable=None, leave=False,
@@ -190,24 +214,26 @@ class Trainer:
         for inputs, targets in bar:
             loss = self.training_loss(inputs, targets)
             self.optimizer.warmup_scaled(loss, progress.batch).backward()
+            self.world.average_gradients(self.parameters)  # several processes: the global batch's gradient
             self.optimizer.step()
             monitor.observe(loss, len(targets))
             progress.batch += 1
-            progress.samples += len(targets)
             if self.optimizer.steps_taken % DIVERGENCE_CHECK_EVERY == 0:
                 monitor.raise_if_diverged()
-            if self.stop.signal_number is not None and progress.batch < len(loader):
+            stop = monitor.stop_signal()
+            if stop is not None and progress.batch < len(loader):
                 monitor.raise_if_diverged()  # never checkpoint a diverged model
                 self._raise_if_parameters_diverged()
-                progress.loss_sum = monitor.loss_sum
+                progress.loss_sum, progress.samples = monitor.loss_sum, monitor.samples
                 progress.seconds += time.perf_counter() - started
                 progress.augment_state = loader.generator.get_state()
                 self.run_dir.save_checkpoint(self.checkpoint())
-                raise Interrupted(self.stop.signal_number)
+                raise Interrupted(stop)
         monitor.raise_if_diverged()
         self._raise_if_parameters_diverged()
-        progress.loss_sum = monitor.loss_sum
+        progress.loss_sum, progress.samples = monitor.loss_sum, monitor.samples
         progress.seconds += time.perf_counter() - started
+        return monitor
 
     def _raise_if_parameters_diverged(self) -> None:
         finite = torch.stack([p.isfinite().all() for p in self.model.parameters()]).all()
@@ -259,7 +285,7 @@ class Trainer:
             batch_sums = self.objective.metric_sums(self.model.predict(inputs), targets)
             sums = batch_sums if sums is None else sums + batch_sums
         self.model.train(was_training)
-        values = (sums / loader.num_samples).tolist()
+        values = (self.world.sum(sums) / loader.num_samples).tolist()  # the ranks' shards' sums
         return dict(zip(self.objective.metric_names, values))
 
     def best_so_far(self) -> dict:
@@ -273,7 +299,7 @@ class Trainer:
         selection's at the top level (and in the model afterwards)."""
         tested = {"last": {"epoch": self.progress.epoch, **self._test_metrics()}}
         for name in reversed(self.objective.selections):
-            self.model.load_state_dict(self.run_dir.load_best(self.device, name))
+            self.model.load_state_dict(self.world.on_main(lambda: self.run_dir.load_best("cpu", name)))
             tested[name] = {"epoch": self.best[name]["epoch"], **self._test_metrics()}
         selections = {name: tested[name] for name in (*self.objective.selections, "last")}
         return {"status": "finished",

@@ -32,7 +32,7 @@ PROPERTY = settings(max_examples=60, deadline=None,
 def no_training(monkeypatch):
     """Parse and validate for real; replace the training run by a record of its config."""
     started = []
-    monkeypatch.setattr(experiment, "run", lambda script, config, options: started.append(config) or 0)
+    monkeypatch.setattr(experiment, "run", lambda script, config, options, world=None: started.append(config) or 0)
     return started
 
 

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from ccl.reproduce.cluster import EXECUTORS, Cluster, active_job, submit_all
 from ccl.reproduce.paper import PROCEDURES, TABLES, targets_of
 from ccl.reproduce.runner import Settings, only_runner, plan_runs, report, run_all
 from ccl.reproduce.table import SELECTIONS, write_tables
@@ -51,6 +52,23 @@ def build_parser() -> argparse.ArgumentParser:
                           "released warm-up counter and CIFAR CNN validation); fixed: this project's "
                           "defaults (docs/FIDELITY.md rows 8 and 14). Named in each run directory")
     run.add_argument("--dry_run", action="store_true", help="list the runs and what would happen")
+    cluster = run.add_argument_group(
+        "executors", "where the runs go (docs/SCALING.md): local, this machine's pool (--jobs, "
+                     "--devices); slurm, one job per run through submitit (the --slurm_* options); "
+                     "submitit_local, the same jobs as local processes, for testing and debugging")
+    cluster.add_argument("--executor", choices=EXECUTORS, default="local", help="default: local")
+    defaults = Cluster()
+    cluster.add_argument("--slurm_partition", default=None, help="the partition to submit to (required)")
+    cluster.add_argument("--slurm_gpus_per_job", type=int, default=None,
+                         help=f"GPUs per run (default {defaults.gpus_per_job}; 0: on the CPU; more than 1: "
+                              f"the run trains over that many processes)")
+    cluster.add_argument("--slurm_cpus_per_job", type=int, default=None,
+                         help=f"CPUs per run (default {defaults.cpus_per_job})")
+    cluster.add_argument("--slurm_time", type=int, default=None, metavar="MINUTES",
+                         help=f"time limit per job (default {defaults.minutes}); a job stopped by it "
+                              f"checkpoints, and the next invocation resumes it")
+    cluster.add_argument("--slurm_array_parallelism", type=int, default=None,
+                         help=f"jobs of the array running at once (default {defaults.array_parallelism})")
     table = commands.add_parser("table", allow_abbrev=False,
                                 help="our mean +- std beside the paper's, as Markdown and CSV",
                                 description="Print every paper table (Markdown) with our numbers "
@@ -101,23 +119,55 @@ def run_command(args: argparse.Namespace, overrides: dict[str, Any], launcher: S
         raise ConfigError("name config files (e.g. yaml/mlp/mnist_ccl.yaml) or --table")
     if args.jobs < 1 or (args.threads is not None and args.threads < 1):
         raise ConfigError("--jobs and --threads must be positive")
+    cluster = cluster_of(args)
     devices = [None if device is None else resolve_device(device, "--devices") for device in args.devices]
     runs = plan_runs(configs, args.seeds, overrides, args.runs_root, args.procedure)
     settings = Settings(jobs=args.jobs, devices=devices,
                         threads=args.threads or max(1, (os.cpu_count() or 1) // args.jobs),
                         data_root=args.data_root, launcher=tuple(launcher))
     if args.dry_run:
-        for index, run in enumerate(runs):
-            device = settings.devices[index % len(settings.devices)]
-            print(f"{run.state():12} {shlex.join(settings.command(run, device))}")
+        dry_run(runs, settings if cluster is None else cluster.settings(settings))
         return 0
     with only_runner(args.runs_root):
-        outcomes, stopped_by = run_all(runs, settings)
+        if cluster is not None:
+            return submit_all(runs, settings, cluster, args.runs_root)
+        queued = {run: job for run in runs if (job := active_job(run)) is not None}
+        for run, (record, state) in queued.items():
+            print(f"queued   {run.run_dir}: {record['executor']} job {record['job_id']} is {state}; left to it")
+        outcomes, stopped_by = run_all([run for run in runs if run not in queued], settings)
     print(report(outcomes, stopped_by))
     print(f"tables: {PROG} table --runs_root {args.runs_root}")
     if stopped_by is not None:
         return 128 + stopped_by
     return 0 if all(outcome.status == "finished" for outcome in outcomes) else 1
+
+
+def cluster_of(args: argparse.Namespace) -> Cluster | None:
+    """The cluster settings of the command line (None: the local pool), checked."""
+    given = {name: getattr(args, f"slurm_{flag}") for name, flag in (
+        ("partition", "partition"), ("gpus_per_job", "gpus_per_job"), ("cpus_per_job", "cpus_per_job"),
+        ("minutes", "time"), ("array_parallelism", "array_parallelism"))}
+    given = {name: value for name, value in given.items() if value is not None}
+    if args.executor == "local":
+        if given:
+            raise ConfigError("the --slurm_* options apply to --executor slurm (or submitit_local)")
+        return None
+    if args.jobs != 1 or args.devices != [None] or args.threads is not None:
+        raise ConfigError(f"--jobs, --devices and --threads apply to --executor local; with "
+                          f"--executor {args.executor} each run is a job of --slurm_gpus_per_job GPUs "
+                          f"and --slurm_cpus_per_job CPUs")
+    cluster = Cluster(args.executor, **given)
+    cluster.check()
+    return cluster
+
+
+def dry_run(runs, settings: Settings) -> None:
+    """Each run's state (or its live job) and the command that would train it."""
+    for index, run in enumerate(runs):
+        device = settings.devices[index % len(settings.devices)]
+        job = active_job(run)
+        state = run.state() if job is None else f"job {job[0]['job_id']} {job[1]}"
+        print(f"{state:12} {shlex.join(settings.command(run, device))}")
 
 
 def main(argv: Sequence[str] | None = None, launcher: Sequence[str] = (sys.executable,)) -> int:
