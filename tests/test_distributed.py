@@ -115,8 +115,8 @@ def test_a_two_process_run_writes_one_run_directory_and_resumes_exactly_after_a_
     out, err = process.communicate(timeout=240)
     assert process.returncode == 0, err
     assert out.count("test_loss") == 1 and "Traceback" not in err  # rank 0 alone speaks
-    assert sorted(p.name for p in whole.iterdir()) == [".lock", "best.pt", "checkpoint.pt", "config.yaml",
-                                                       "metrics.jsonl", "results.json"]
+    assert sorted(p.name for p in whole.iterdir()) == [".lock", "best.pt", "best_val_acc.pt", "checkpoint.pt",
+                                                       "config.yaml", "metrics.jsonl", "results.json"]
     rows, results = outcome(whole)
     assert results["processes"] == 2
     assert_close(rows, results, one_process)
