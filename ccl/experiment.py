@@ -19,6 +19,7 @@ import torch
 from ccl.acceleration import check_supported
 from ccl.cli import RunOptions, parse_command_line
 from ccl.config import KEYS, Config, config_yaml, ignored_settings
+from ccl import loggers
 from ccl.rules import RULES
 from ccl.run_dir import CHECKPOINT, DIVERGED, FINISHED, RunDir, RunDirError
 from ccl.trainer import Diverged, Interrupted, Trainer
@@ -110,6 +111,7 @@ def main(script: Script, argv: Sequence[str] | None = None) -> int:
                                              {"task": script.task, **script.defaults})
         script.validate(config)
         check_supported(config, options.device)
+        loggers.check_available(options.loggers)
         for note in script.warnings(config):
             print(f"{script.prog}: warning: {note}", file=sys.stderr)
         return run(script, config, options)
@@ -175,9 +177,11 @@ def result_line(results: dict, run_dir: RunDir) -> str:
 
 def train(script: Script, config: Config, options: RunOptions, run_dir: RunDir,
           checkpoint: dict | None) -> int:
-    with deterministic_kernels(config.deterministic):
+    with deterministic_kernels(config.deterministic), \
+            loggers.opened(options.loggers, run_dir, config, options.run_id,
+                           options.wandb_project, options.wandb_entity) as run_loggers:
         try:
-            return _train(script, config, options, run_dir, checkpoint)
+            return _train(script, config, options, run_dir, checkpoint, run_loggers)
         except RuntimeError as error:
             if not (config.deterministic and is_nondeterminism_error(error)):
                 raise
@@ -186,11 +190,11 @@ def train(script: Script, config: Config, options: RunOptions, run_dir: RunDir,
 
 
 def _train(script: Script, config: Config, options: RunOptions, run_dir: RunDir,
-           checkpoint: dict | None) -> int:
+           checkpoint: dict | None, run_loggers: loggers.Loggers) -> int:
     device = torch.device(options.device)
     splits = load_splits(config.dataset, options.data_root, config.seed).to(device)
     experiment = build(script, config, splits, device)
-    trainer = Trainer(experiment, run_dir)
+    trainer = Trainer(experiment, run_dir, loggers=run_loggers)
     if options.resume:
         resume(trainer, checkpoint, script.prog)
     run_dir.remove_results()  # the run is in progress again
@@ -224,6 +228,7 @@ def _train(script: Script, config: Config, options: RunOptions, run_dir: RunDir,
         raise WriteError(f"{error}{then}") from None
     results = {**results, **identity}
     run_dir.write_results(results)
+    run_loggers.results(results)
     if script.report is not None:
         script.report(experiment.model, experiment.data, run_dir.path)
     print(result_line(results, run_dir))

@@ -5,6 +5,7 @@
     checkpoint.pt   everything needed to continue exactly (every epoch, and when stopped)
     best.pt         the weights of the epoch with the lowest validation loss so far
     results.json    the outcome: finished (test metrics) or diverged
+    analysis.jsonl  analysis_every > 0: one record per analysed epoch (a view of the checkpoint)
     .lock           held by the one process that writes the directory; its PID inside
 
 plus what some runs add (`OUTPUTS`). Three rules keep a user's files safe:
@@ -37,8 +38,14 @@ CONFIG, METRICS, CHECKPOINT, BEST, RESULTS = (
     "config.yaml", "metrics.jsonl", "checkpoint.pt", "best.pt", "results.json")
 LOCK = ".lock"
 RECONSTRUCTIONS = "reconstructions.png"  # autoencoder runs
+ANALYSIS = "analysis.jsonl"  # analysis_every > 0: one record per analysed epoch
+ANALYSIS_OF_BEST = "analysis.json"  # python -m ccl.analysis RUN_DIR
+LOGGER_FOLDERS = ("tensorboard", "wandb")  # --logger tensorboard, --logger wandb
+# python -m ccl.figures COMMAND RUN_DIR, when no --out is given
+FIGURES = {command: f"{command}.png" for command in ("cka", "alignment", "kernels", "curves")}
 # every name this project writes into a run directory; nothing else is ever deleted
-OUTPUTS = (CONFIG, METRICS, CHECKPOINT, BEST, RESULTS, RECONSTRUCTIONS, LOCK)
+OUTPUTS = (CONFIG, METRICS, CHECKPOINT, BEST, RESULTS, RECONSTRUCTIONS, ANALYSIS, ANALYSIS_OF_BEST,
+           *LOGGER_FOLDERS, *FIGURES.values(), LOCK)
 FINISHED, DIVERGED = "finished", "diverged"
 
 
@@ -160,6 +167,9 @@ class RunDir:
 
     def write_metrics(self, rows: list[dict]) -> None:
         write_jsonl(self.path / METRICS, rows)
+
+    def write_analysis(self, records: list[dict]) -> None:
+        write_jsonl(self.path / ANALYSIS, records)
 
     def save_checkpoint(self, state: dict) -> None:
         save_torch(self.path / CHECKPOINT, state)

@@ -1,9 +1,11 @@
 """The training loop shared by every entry script, rule and objective.
 
 Per epoch: train, validate, keep the best model (lowest validation loss), step the cosine
-schedule, checkpoint. At the end: test the best model. What the loop writes, and how, is the
-run directory's (ccl/run_dir.py): checkpoint.pt is written first, and metrics.jsonl and best.pt
-are views of it that a resumed run rewrites, so a kill between two writes loses nothing. The
+schedule, checkpoint; with `analysis_every`, measure the model on a probe batch between epochs
+(ccl/analysis). At the end: test the best model. What the loop writes, and how, is the run
+directory's (ccl/run_dir.py): checkpoint.pt is written first, and metrics.jsonl, analysis.jsonl
+and best.pt are views of it that a resumed run rewrites, so a kill between two writes loses
+nothing. The opt-in loggers (ccl/loggers.py) get the same rows and records. The
 step never waits for the device: the losses stay on the device and are read every few steps,
 to check for divergence and add them up.
 """
@@ -19,8 +21,10 @@ import torch
 from tqdm import tqdm
 
 from ccl.acceleration import training_loss
+from ccl.analysis import analyse, probe_batch
+from ccl.loggers import Loggers
 from ccl.optim import DualOptimizer
-from ccl.run_dir import RunDir
+from ccl.run_dir import ANALYSIS, RunDir
 from utils.seed import restore_rng_states, rng_states
 
 DIVERGENCE_CHECK_EVERY = 50  # steps between reads of the device-side divergence flag
@@ -111,14 +115,20 @@ class Progress:
 
 
 class Trainer:
-    def __init__(self, experiment, run_dir: RunDir, log: Callable[[str], None] = print):
+    def __init__(self, experiment, run_dir: RunDir, log: Callable[[str], None] = print,
+                 loggers: Loggers | None = None):
         self.config = experiment.config
         self.model = experiment.model
         self.objective = experiment.objective
         self.data = experiment.data
+        self.rule = experiment.rule
         self.training_loss = training_loss(self.config, self.model, self.objective, experiment.rule)
         self.run_dir = run_dir
         self.log = log
+        self.loggers = loggers or Loggers()
+        self.probe = (probe_batch(self.data.val, self.config.analysis_samples, self.config.seed)
+                      if self.config.analysis_every else None)
+        self.analysis: list[dict] = []  # the analysis records, epoch 0 (before training) first
         self.device = next(self.model.parameters()).device
         self.optimizer = DualOptimizer(self.model, self.config)
         self.progress = Progress()
@@ -131,6 +141,7 @@ class Trainer:
     def checkpoint(self) -> dict:
         return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "progress": vars(self.progress).copy(), "history": self.history, "best": self.best,
+                "analysis": self.analysis,
                 "wall_seconds": self.wall_seconds, "rng": rng_states(),
                 "config": self.config.as_dict(),
                 "cpu_threads": torch.get_num_threads()}  # CPU sums depend on the thread count
@@ -141,6 +152,7 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.progress = Progress(**state["progress"])
         self.history, self.best = state["history"], state["best"]
+        self.analysis = state.get("analysis", [])  # checkpoints written before analysis_every have none
         self.wall_seconds = state["wall_seconds"]
         restore_rng_states(state["rng"])
 
@@ -152,8 +164,10 @@ class Trainer:
         self._write_views(new_best=at_best_epoch)
 
     def _write_views(self, new_best: bool) -> None:
-        """metrics.jsonl, and best.pt when the model just became the best."""
+        """metrics.jsonl (and analysis.jsonl), and best.pt when the model just became the best."""
         self.run_dir.write_metrics(self.history)
+        if self.probe is not None:
+            self.run_dir.write_analysis(self.analysis)
         if new_best:
             self.run_dir.save_best(self.model.state_dict())
 
@@ -161,8 +175,12 @@ class Trainer:
     def fit(self) -> dict:
         """Train to the last epoch and test the best model; returns the results."""
         started = time.perf_counter()
+        self.loggers.replay(self.history, self.analysis)  # what a resumed run had logged before
         try:
             with self.stop:
+                if self.probe is not None and self.progress.epoch == self.progress.batch == 0:  # before any step
+                    self._analyse(epoch=0)
+                    self.run_dir.write_analysis(self.analysis)
                 while self.progress.epoch < self.config.epochs:
                     self._train_epoch()
                     self._finish_epoch()
@@ -223,11 +241,28 @@ class Trainer:
         improved = self.best is None or val[criterion] < self.best[f"val_{criterion}"]
         if improved:
             self.best = {"epoch": row["epoch"], **{f"val_{k}": v for k, v in val.items()}}
+        if self._analysis_due(row["epoch"]):
+            self._analyse(row["epoch"])
         self.optimizer.end_epoch()
         self.progress = Progress(epoch=progress.epoch + 1)
         self.run_dir.save_checkpoint(self.checkpoint())
         self._write_views(new_best=improved)
+        self.loggers.metrics(row)
         self.log(self._summary(row))
+
+    def _analysis_due(self, epoch: int) -> bool:
+        every = self.config.analysis_every
+        return self.probe is not None and (epoch % every == 0 or epoch == self.config.epochs)
+
+    def _analyse(self, epoch: int) -> None:
+        """Measure the model on the probe batch; `analyse` leaves the model and the random
+        states as they were, so the training goes on bit-identical."""
+        started = time.perf_counter()
+        record = {"epoch": epoch, **analyse(self.model, self.objective, self.rule, *self.probe)}
+        self.analysis.append(record)
+        self.loggers.analysis(record)
+        self.log(f"analysis of epoch {epoch} ({len(self.probe[1])} validation samples, "
+                 f"{time.perf_counter() - started:.1f}s) -> {self.run_dir / ANALYSIS}")
 
     @staticmethod
     def _summary(row: dict) -> str:
