@@ -16,10 +16,10 @@ from typing import Any
 
 import torch
 
+from ccl import loggers
 from ccl.acceleration import check_supported
 from ccl.cli import RunOptions, parse_command_line
 from ccl.config import KEYS, Config, config_yaml, ignored_settings
-from ccl import loggers
 from ccl.rules import RULES
 from ccl.run_dir import CHECKPOINT, DIVERGED, FINISHED, RunDir, RunDirError
 from ccl.trainer import Diverged, Interrupted, Trainer
