@@ -70,7 +70,7 @@ def test_table_writes_one_csv_per_grid_that_the_figure_draws(grid_runs, capsys):
                        str(tables / "grid_lr_F_lr_B_mlp_mnist_ccl-epochs=3.csv")]
     rows = list(csv.DictReader(Path(written[1]).read_text().splitlines()))
     assert [(r["lr_F"], r["lr_B"], r["mean"], r["std"], r["n"], r["diverged"]) for r in rows] == [
-        ("0.1", "0", "91.0", "1.414214", "2", "0"),
+        ("0.1", "0", "91.0", "1.4142", "2", "0"),
         ("0.1", "0.5", "95.0", "", "1", "1"),
         ("0.2", "0", "", "", "0", "1"),
     ]

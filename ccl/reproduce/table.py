@@ -244,8 +244,9 @@ def grid_csv(keys: Sequence[str], cells: dict[tuple[float, ...], list[dict]], ta
     for values in sorted(cells):
         runs = cells[values]
         metric = [r[f"test_{table.metric}"] * table.scale for r in runs if r["status"] == "finished"]
-        mean = round(statistics.fmean(metric), 6) if metric else ""
-        std = round(statistics.stdev(metric), 6) if len(metric) >= 2 else ""
+        # 4 decimals: the accuracies are float32 fractions, their last digits are noise
+        mean = round(statistics.fmean(metric), 4) if metric else ""
+        std = round(statistics.stdev(metric), 4) if len(metric) >= 2 else ""
         writer.writerow([*(f"{v:g}" for v in values), mean, std, len(metric),
                          sum(r["status"] == "diverged" for r in runs)])
     return stream.getvalue()
