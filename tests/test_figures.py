@@ -13,6 +13,8 @@ import yaml
 from ccl import figures
 from ccl.figures.cli import main as figures_main
 from ccl.analysis import analyse
+from ccl.cli import parse_command_line
+from ccl.config import config_yaml
 from ccl.losses import mlp_alignment_loss
 from ccl.rules import ccl_loss
 from ccl.objectives import Classification
@@ -247,3 +249,15 @@ def test_module_entry_point_exits_2_without_a_traceback(tmp_path):
     assert result.returncode == 2
     assert result.stderr.strip().startswith("python -m ccl.figures: error:")
     assert "Traceback" not in result.stderr and result.stderr.count("\n") == 1
+
+
+@pytest.mark.parametrize("command", ["reconstructions", "compare"])
+def test_reconstructions_of_a_classification_run(tmp_path, capsys, command):
+    run = tmp_path / "run"
+    run.mkdir()
+    config, _ = parse_command_line(["--yaml", str(REPO / "yaml/mlp/mnist_ccl.yaml")], "main_class_mlp.py",
+                                   "", {"task": "classification"})
+    (run / "config.yaml").write_text(config_yaml(config, {"script": "main_class_mlp.py"}))
+    out = ["--out", str(tmp_path / "x.png")] if command == "compare" else []
+    assert figures_main([command, str(run), *out]) == 2
+    assert f"{run} is a classification run; {command} draws autoencoder runs" in capsys.readouterr().err

@@ -59,11 +59,12 @@ def draw_curves(args) -> Path:
 
 def autoencoder_run(run_dir: Path, args) -> tuple[Path, str, object, object]:
     """(run directory, method, best model, data) of an autoencoder run, rebuilt."""
+    config, _ = RunDir(run_dir).saved_config()
+    if config.task != "autoencoder":
+        raise ConfigError(f"{run_dir} is a {config.task} run; {args.command} draws autoencoder "
+                          f"runs (main_ae.py)")
     experiment = rebuild(RunDir(run_dir), args.data_root, resolve_device(args.device))
-    if experiment.config.task != "autoencoder":
-        raise ConfigError(f"{run_dir} is a {experiment.config.task} run; {args.command} draws "
-                          f"autoencoder runs (main_ae.py)")
-    return run_dir, experiment.config.method, experiment.model, experiment.data
+    return run_dir, config.method, experiment.model, experiment.data
 
 
 def draw_reconstructions(args) -> Path:
