@@ -10,9 +10,11 @@ import torch
 
 from ccl.analysis.cli import main as analysis_main
 from ccl.config import build_config, read_yaml_sections
+from ccl.experiment import main
 from ccl.optim import DualOptimizer
 from ccl.rules import ccl_loss
-from ccl.scripts import MLP
+from ccl.scripts import CNN, MLP
+from conftest import REPO
 from models import build_model
 from runs import MLP_YAML, one_thread, outcome, run_mlp  # noqa: F401
 
@@ -47,6 +49,19 @@ def test_analysis_is_off_by_default_and_leaves_the_training_bit_identical(tiny_m
     assert outcome(analysed) == outcome(plain)
     best, best_analysed = (torch.load(run / "best.pt", weights_only=True) for run in (plain, analysed))
     assert all(torch.equal(best[name], best_analysed[name]) for name in best)
+
+
+def test_the_cnn_trains_bit_identical_with_the_analysis_on(tiny_cnn_data, tmp_path):
+    """The conv layers (BatchNorm on both sides, the CNN's batch-coupled pair losses) too."""
+    def run(out, *extra):
+        return main(CNN, ["--yaml", str(REPO / "yaml/cnn/mnist_ccl.yaml"), "--data_root",
+                          str(tiny_cnn_data[0]), "--out_dir", str(out), "--epochs", "1", "--batchsize", "4",
+                          "--train_batches_per_epoch", "2", "--fw_bn", "2", "--bw_bn", "2",
+                          "--device", "cpu", *extra])
+    assert run(tmp_path / "plain") == 0
+    assert run(tmp_path / "analysed", "--analysis_every", "1", "--analysis_samples", "4") == 0
+    assert outcome(tmp_path / "analysed") == outcome(tmp_path / "plain")
+    assert [record["epoch"] for record in records(tmp_path / "analysed")] == [0, 1]
 
 
 def test_records_before_training_every_k_epochs_and_after_the_last(analysed):
