@@ -77,7 +77,7 @@ class TensorBoard:
         self.writer.flush()  # a dashboard shows each epoch as it ends
 
     def summary(self, epoch: int, values: dict[str, float]) -> None:
-        self.log(epoch, {f"test/{name}": value for name, value in values.items()})
+        self.log(epoch, values)
 
     def close(self) -> None:
         self.writer.close()
@@ -102,7 +102,7 @@ class WandB:
             self.run.log({"epoch": epoch, **scalars})
 
     def summary(self, epoch: int, values: dict[str, float]) -> None:
-        self.run.summary.update({f"test/{name}": value for name, value in values.items()})
+        self.run.summary.update(values)
 
     def close(self) -> None:
         self.run.finish()
