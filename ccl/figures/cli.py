@@ -7,6 +7,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+import torch
+
 from ccl.cli import resolve_device
 from ccl.figures import (alignment_figure, analysis_records, best_epoch, cka_figure, curves_figure,
                          default_cka_epochs, first_layer_kernels, grid_figure, kernels_figure,
@@ -14,6 +16,7 @@ from ccl.figures import (alignment_figure, analysis_records, best_epoch, cka_fig
                          save_reconstructions, validation_metric)
 from ccl.run_dir import ANALYSIS, BEST, FIGURES, METRICS, RunDir
 from ccl.scripts import rebuild
+from utils.data.recipes import Data
 from utils.errors import ConfigError, UserError
 
 
@@ -45,8 +48,6 @@ def draw_kernels(args) -> Path:
     return save_png(kernels_figure(panels, args.count), args.out or args.runs[0] / FIGURES["kernels"])
 
 
-
-
 def draw_curves(args) -> Path:
     runs = [(run_title(run), metrics_rows(run)) for run in args.runs]
     metric = validation_metric(runs[0][1])
@@ -57,7 +58,7 @@ def draw_curves(args) -> Path:
     return save_png(curves_figure(runs), args.out or args.runs[0] / FIGURES["curves"])
 
 
-def autoencoder_run(run_dir: Path, args) -> tuple[Path, str, object, object]:
+def autoencoder_run(run_dir: Path, args) -> tuple[Path, str, torch.nn.Module, Data]:
     """(run directory, method, best model, data) of an autoencoder run, rebuilt."""
     config, _ = RunDir(run_dir).saved_config()
     if config.task != "autoencoder":
