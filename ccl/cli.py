@@ -3,6 +3,7 @@ for every config key. Anything it does not know is an error (exit code 2) that n
 from __future__ import annotations
 
 import argparse
+import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,12 +13,13 @@ import torch
 
 from ccl.config import KEYS, SECTIONS, Config, build_config, closest, parse_cli_value, read_yaml_sections
 from ccl.distributed import BACKENDS
+from ccl.loggers import LOGGER_NAMES
 from ccl.run_dir import RunDir
 from utils.errors import ConfigError
 
 DEFAULT_DATA_ROOT = Path("data")
 # Flags that may change when a run is resumed: they do not change its numbers.
-RESUMABLE_FLAGS = ("data_root", "device", "dist_backend")
+RESUMABLE_FLAGS = ("data_root", "device", "dist_backend", "logger", "wandb_project", "wandb_entity")
 
 
 @dataclass(frozen=True)
@@ -29,10 +31,16 @@ class RunOptions:
     resume: bool
     overwrite: bool
     dist_backend: str | None = None  # under torchrun: gloo or nccl (None: from the device)
+    loggers: tuple[str, ...] = ()
+    wandb_project: str | None = None
+    wandb_entity: str | None = None
+    run_id: str | None = None  # names the run in the loggers across resumes (config.yaml keeps it)
 
     def as_dict(self) -> dict[str, Any]:
         return {"yaml": str(self.yaml) if self.yaml else None, "data_root": str(self.data_root),
-                "out_dir": str(self.out_dir), "device": self.device}
+                "out_dir": str(self.out_dir), "device": self.device, "id": self.run_id,
+                "logger": list(self.loggers), "wandb_project": self.wandb_project,
+                "wandb_entity": self.wandb_entity}
 
 
 class _Parser(argparse.ArgumentParser):
@@ -62,6 +70,14 @@ def build_parser(prog: str, description: str) -> argparse.ArgumentParser:
     run.add_argument("--dist_backend", choices=BACKENDS, default=None,
                      help="under torchrun: the processes' communication backend (default: gloo on "
                           "the CPU, nccl on CUDA); see docs/SCALING.md")
+    run.add_argument("--logger", nargs="+", choices=(*LOGGER_NAMES, "none"), default=None,
+                     help="also log metrics (and analysis records) to TensorBoard (RUN_DIR/tensorboard) "
+                          "and/or Weights & Biases; none: no logger (default: none; on --resume: "
+                          "the run's)")
+    run.add_argument("--wandb_project", default=None,
+                     help="W&B project (default: WANDB_PROJECT, else ccl; on --resume: the run's)")
+    run.add_argument("--wandb_entity", default=None,
+                     help="W&B entity (default: WANDB_ENTITY, else the API key's; on --resume: the run's)")
     for section in SECTIONS:
         group = parser.add_argument_group(f"config keys, section '{section}' (override the YAML)")
         for name, key in KEYS.items():
@@ -124,7 +140,21 @@ def parse_command_line(argv: Sequence[str] | None, prog: str, description: str,
     config = build_config(read_yaml_sections(args.yaml), overrides, script_defaults, str(args.yaml))
     out_dir = args.out_dir or default_out_dir(args.yaml, overrides, config.seed)
     return config, RunOptions(args.yaml, args.data_root or DEFAULT_DATA_ROOT, out_dir, device,
-                              False, args.overwrite, args.dist_backend)
+                              False, args.overwrite, args.dist_backend, **_logging(args, {}),
+                              run_id=uuid.uuid4().hex)
+
+
+def _logging(args, run: Mapping[str, Any]) -> dict[str, Any]:
+    """The loggers and W&B names of the command line, else those saved in the run section."""
+    names = args.logger if args.logger is not None else run.get("logger") or []
+    loggers = tuple(dict.fromkeys(name for name in names if name != "none"))
+    if "none" in names and len(names) > 1:
+        raise ConfigError(f"--logger {' '.join(names)}: none means no logger; give it alone")
+    wandb = {flag: getattr(args, flag) or run.get(flag) for flag in ("wandb_project", "wandb_entity")}
+    given = [f"--{flag}" for flag in wandb if getattr(args, flag)]
+    if given and "wandb" not in loggers:
+        raise ConfigError(f"{' and '.join(given)} name where W&B logs: add --logger wandb")
+    return {"loggers": loggers, **wandb}
 
 
 def _resumed(args, overrides) -> tuple[Config, RunOptions]:
@@ -144,4 +174,7 @@ def _resumed(args, overrides) -> tuple[Config, RunOptions]:
     data_root = args.data_root or Path(str(run.get("data_root") or DEFAULT_DATA_ROOT))
     saved_device = str(run["device"]) if run.get("device") else None
     device = resolve_device(args.device or saved_device)  # the run's own device by default
-    return config, RunOptions(yaml_path, data_root, args.resume, device, True, False, args.dist_backend)
+    # runs started before runs had an id get one for this process only
+    run_id = str(run.get("id") or uuid.uuid4().hex)
+    return config, RunOptions(yaml_path, data_root, args.resume, device, True, False,
+                              args.dist_backend, **_logging(args, run), run_id=run_id)

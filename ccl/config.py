@@ -135,6 +135,16 @@ KEYS: dict[str, Key] = {
                          "1: deterministic kernels (cuDNN, cuBLAS), so a CUDA run is reproducible to the "
                          "bit (slower); an operator without one is an error. The CPU's kernels already are",
                          default=0, choices=(0, 1)),
+    # the paper's analyses during training (ccl/analysis); off by default: nothing changes
+    "analysis_every": Key("training", int,
+                           "every this many epochs (and before the first, and after the last) "
+                           "measure CKA, weight cosines and gradient angles on a fixed probe batch "
+                           "of validation images, into analysis.jsonl; 0 = off. The training is "
+                           "bit-identical either way", default=0, minimum=0),
+    "analysis_samples": Key("training", int,
+                             "the probe batch of analysis_every: the first N validation images "
+                             "(the validation split is a random draw from the seed)",
+                             default=1000, minimum=1),
     # opt-in speed-ups of the training step (docs/PERFORMANCE.md); the defaults are the released numerics
     "compile": Key("training", int,
                     "1: torch.compile the training step's forward, feedback and losses (and so their "
@@ -376,6 +386,8 @@ def ignored_settings(config: Config, unread: tuple[str, ...] = ()) -> list[str]:
                      f"network never trains under {', '.join(FIXED_FEEDBACK_RULES)}")
     if not config.filter_target and config.flood_threshold != KEYS["flood_threshold"].default:
         notes.append("flood_threshold is ignored while filter_target is 0 (flooding off)")
+    if not config.analysis_every and config.analysis_samples != KEYS["analysis_samples"].default:
+        notes.append("analysis_samples is ignored while analysis_every is 0 (no analysis)")
     if not config.warmup and config.warmup_counter != KEYS["warmup_counter"].default:
         notes.append("warmup_counter is ignored while warmup is 0 (no warm-up)")
     trained = {"lr_F": config.lr_F, **({"lr_B": config.lr_B} if config.method == "CCL" else {})}

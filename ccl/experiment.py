@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from ccl import loggers
 from ccl.acceleration import check_supported
 from ccl.cli import RunOptions, parse_command_line
 from ccl.config import KEYS, Config, config_yaml, ignored_settings
@@ -125,6 +126,7 @@ def main(script: Script, argv: Sequence[str] | None = None) -> int:
                                              {"task": script.task, **script.defaults})
         script.validate(config)
         check_supported(config, options.device)
+        loggers.check_available(options.loggers)
         world.check(config, uses_fused_pair_loss="fused_pair_loss" not in script.ignored
                     and config.method == "CCL")
         device = world.device(options.device)
@@ -226,9 +228,12 @@ def result_line(results: dict, run_dir: RunDir) -> str:
 
 def train(script: Script, config: Config, options: RunOptions, run_dir: RunDir,
           checkpoint: dict | None, world: World = ONE_PROCESS) -> int:
-    with deterministic_kernels(config.deterministic):
+    logged = options.loggers if world.is_main else ()  # rank 0 alone reports, as it alone writes
+    with deterministic_kernels(config.deterministic), \
+            loggers.opened(logged, run_dir, config, options.run_id,
+                           options.wandb_project, options.wandb_entity) as run_loggers:
         try:
-            return _train(script, config, options, run_dir, checkpoint, world)
+            return _train(script, config, options, run_dir, checkpoint, world, run_loggers)
         except RuntimeError as error:
             if not (config.deterministic and is_nondeterminism_error(error)):
                 raise
@@ -237,11 +242,11 @@ def train(script: Script, config: Config, options: RunOptions, run_dir: RunDir,
 
 
 def _train(script: Script, config: Config, options: RunOptions, run_dir: RunDir,
-           checkpoint: dict | None, world: World) -> int:
+           checkpoint: dict | None, world: World, run_loggers: loggers.Loggers) -> int:
     device = torch.device(world.device(options.device))
     splits = load_splits(config.dataset, options.data_root, config.seed).to(device)
     experiment = build(script, config, splits, device, world)
-    trainer = Trainer(experiment, run_dir)
+    trainer = Trainer(experiment, run_dir, loggers=run_loggers)
     if options.resume:
         resume(trainer, checkpoint, script.prog)
     run_dir.remove_results()  # the run is in progress again
@@ -276,6 +281,7 @@ def _train(script: Script, config: Config, options: RunOptions, run_dir: RunDir,
         raise WriteError(f"{error}{then}") from None
     results = {**results, **identity}
     run_dir.write_results(results)
+    run_loggers.results(results)
     if script.report is not None and world.is_main:
         script.report(experiment.model, experiment.data, run_dir.path)
     print(result_line(results, run_dir))

@@ -7,6 +7,7 @@
                     a run is tested with, as released)
     best_val_acc.pt the weights of the epoch with the highest validation accuracy so far
     results.json    the outcome: finished (test metrics) or diverged
+    analysis.jsonl  analysis_every > 0: one record per analysed epoch (a view of the checkpoint)
     .lock           held by the one process that writes the directory; its PID inside
 
 plus what some runs add (`OUTPUTS`). Three rules keep a user's files safe:
@@ -42,8 +43,14 @@ RECONSTRUCTIONS = "reconstructions.png"  # autoencoder runs
 PRIMARY_SELECTION = "val_loss"  # the model selection of the released code: best.pt
 # the weights each model selection keeps (objectives.py: `selections`)
 BEST_OF = {PRIMARY_SELECTION: BEST, "val_acc": "best_val_acc.pt"}
+ANALYSIS = "analysis.jsonl"  # analysis_every > 0: one record per analysed epoch
+ANALYSIS_OF_BEST = "analysis.json"  # python -m ccl.analysis RUN_DIR
+LOGGER_FOLDERS = ("tensorboard", "wandb")  # --logger tensorboard, --logger wandb
+# python -m ccl.figures COMMAND RUN_DIR, when no --out is given
+FIGURES = {command: f"{command}.png" for command in ("cka", "alignment", "kernels", "curves")}
 # every name this project writes into a run directory; nothing else is ever deleted
-OUTPUTS = (CONFIG, METRICS, CHECKPOINT, *BEST_OF.values(), RESULTS, RECONSTRUCTIONS, LOCK)
+OUTPUTS = (CONFIG, METRICS, CHECKPOINT, *BEST_OF.values(), RESULTS, RECONSTRUCTIONS, ANALYSIS,
+           ANALYSIS_OF_BEST, *LOGGER_FOLDERS, *FIGURES.values(), LOCK)
 FINISHED, DIVERGED = "finished", "diverged"
 
 
@@ -165,6 +172,9 @@ class RunDir:
 
     def write_metrics(self, rows: list[dict]) -> None:
         write_jsonl(self.path / METRICS, rows)
+
+    def write_analysis(self, records: list[dict]) -> None:
+        write_jsonl(self.path / ANALYSIS, records)
 
     def save_checkpoint(self, state: dict) -> None:
         save_torch(self.path / CHECKPOINT, state)

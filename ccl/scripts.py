@@ -4,21 +4,26 @@
     main_class_cnn.py   CNN           the paper's CNNs (Table 3 and the other CNN configs)
     main_ae.py          AUTOENCODER   the STL-10 convolutional autoencoder
 
-A config's folder under yaml/ names the script that trains it (`BY_CONFIG_FOLDER`).
+A config's folder under yaml/ names the script that trains it (`BY_CONFIG_FOLDER`), and a run
+directory's config.yaml the script that trained it (`rebuild`).
 """
 from __future__ import annotations
 
 from functools import partial
+from pathlib import Path
 
+from ccl.cli import DEFAULT_DATA_ROOT
 from ccl.config import Config
 from ccl.distributed import ONE_PROCESS, World
-from ccl.experiment import Script
+from ccl.experiment import Experiment, Script, build
 from ccl.losses import cnn_alignment_loss, fused_cnn_alignment_loss, mlp_alignment_loss
 from ccl.objectives import Classification, Reconstruction, flood_threshold
+from ccl.run_dir import CONFIG, RunDir, RunDirError
+from utils.data import load_splits
 from utils.data.recipes import CNN_TRANSFORMS, ae_data, cnn_data, mlp_data
 from utils.data.task_transforms import TASK_TRANSFORMS
 from utils.errors import ConfigError
-from utils.figures import save_reconstructions
+from ccl.figures import save_reconstructions
 
 
 def mlp_objective(config: Config, num_classes: int, world: World = ONE_PROCESS) -> Classification:
@@ -104,3 +109,20 @@ AUTOENCODER = Script(
 )
 
 BY_CONFIG_FOLDER = {"mlp": MLP, "cnn": CNN, "cnn_ae": AUTOENCODER}
+BY_PROG = {script.prog: script for script in BY_CONFIG_FOLDER.values()}
+
+
+def rebuild(run_dir: RunDir, data_root: Path | None, device: str) -> Experiment:
+    """The experiment of a run directory, on `device`, its model holding the best epoch's
+    weights: the script and config that config.yaml names, the data from `data_root` (default:
+    the run's own)."""
+    config, run = run_dir.saved_config()
+    script = BY_PROG.get(run.get("script"))
+    if script is None:
+        raise RunDirError(f"{run_dir / CONFIG} names the script {run.get('script')!r}, which is none "
+                          f"of {', '.join(BY_PROG)}")
+    weights = run_dir.load_best(device)
+    root = Path(data_root or run.get("data_root") or DEFAULT_DATA_ROOT)
+    experiment = build(script, config, load_splits(config.dataset, root, config.seed).to(device), device)
+    experiment.model.load_state_dict(weights)
+    return experiment

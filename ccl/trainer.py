@@ -2,9 +2,12 @@
 
 Per epoch: train, validate, keep the best models (the lowest validation loss, as released, and
 the objective's other selections, e.g. the highest validation accuracy), step the cosine
-schedule, checkpoint. At the end: test each selected model and the last epoch's. What the loop writes, and how, is the
-run directory's (ccl/run_dir.py): checkpoint.pt is written first, and metrics.jsonl and best.pt
-are views of it that a resumed run rewrites, so a kill between two writes loses nothing. The
+schedule, checkpoint; with `analysis_every`, measure the model on a probe batch between epochs
+(ccl/analysis.py). At the end: test each selected model and the last epoch's. What the loop
+writes, and how, is the run directory's (ccl/run_dir.py): checkpoint.pt is written first, and
+metrics.jsonl, analysis.jsonl and the best models are views of it that a resumed run rewrites,
+so a kill between two writes loses nothing. The opt-in loggers (ccl/loggers.py) get the same
+rows and records. The
 step never waits for the device: the losses stay on the device and are read every few steps,
 to check for divergence and add them up.
 """
@@ -20,10 +23,12 @@ import torch
 from tqdm import tqdm
 
 from ccl.acceleration import training_loss
+from ccl.analysis import analyse, probe_batch
 from ccl.distributed import ONE_PROCESS, World
 from ccl.distributed.data import shard
+from ccl.loggers import Loggers
 from ccl.optim import DualOptimizer
-from ccl.run_dir import PRIMARY_SELECTION, RunDir
+from ccl.run_dir import ANALYSIS, PRIMARY_SELECTION, RunDir
 from utils.seed import restore_rng_states, rng_states
 
 DIVERGENCE_CHECK_EVERY = 50  # steps between reads of the device-side divergence flag
@@ -135,15 +140,21 @@ def _better(value: float, best: float, lower_is_better: bool) -> bool:
 
 
 class Trainer:
-    def __init__(self, experiment, run_dir: RunDir, log: Callable[[str], None] = print):
+    def __init__(self, experiment, run_dir: RunDir, log: Callable[[str], None] = print,
+                 loggers: Loggers | None = None):
         self.config = experiment.config
         self.model = experiment.model
         self.objective = experiment.objective
         self.world = experiment.world
         self.data = shard(experiment.data, self.world)  # each rank's part of every batch
+        self.rule = experiment.rule
         self.training_loss = training_loss(self.config, self.model, self.objective, experiment.rule)
         self.run_dir = run_dir
         self.log = log
+        self.loggers = loggers or Loggers()
+        self.probe = (probe_batch(self.data.val, self.config.analysis_samples, self.config.seed)
+                      if self.config.analysis_every else None)
+        self.analysis: list[dict] = []  # the analysis records, epoch 0 (before training) first
         self.device = next(self.model.parameters()).device
         self.optimizer = DualOptimizer(self.model, self.config)
         self.progress = Progress()
@@ -157,6 +168,7 @@ class Trainer:
     def checkpoint(self) -> dict:
         return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "progress": vars(self.progress).copy(), "history": self.history, "best": self.best,
+                "analysis": self.analysis,
                 "wall_seconds": self.wall_seconds, "rng": rng_states(),
                 "config": self.config.as_dict(),
                 "cpu_threads": torch.get_num_threads(),  # CPU sums depend on the thread count
@@ -170,6 +182,7 @@ class Trainer:
         self.history, self.best = state["history"], state["best"] or {}
         if "epoch" in self.best:  # a checkpoint from before the selections: the released one only
             self.best = {PRIMARY_SELECTION: self.best}
+        self.analysis = state.get("analysis", [])  # checkpoints written before analysis_every have none
         self.wall_seconds = state["wall_seconds"]
         restore_rng_states(state["rng"])
 
@@ -181,8 +194,11 @@ class Trainer:
         self._write_views(new_best=at_best_epoch)
 
     def _write_views(self, new_best: list[str]) -> None:
-        """metrics.jsonl, and the best models of the selections whose best the model just became."""
+        """metrics.jsonl (and analysis.jsonl), and the best models of the selections whose best
+        the model just became."""
         self.run_dir.write_metrics(self.history)
+        if self.probe is not None:
+            self.run_dir.write_analysis(self.analysis)
         for selection in new_best:
             self.run_dir.save_best(self.model.state_dict(), selection)
 
@@ -190,8 +206,12 @@ class Trainer:
     def fit(self) -> dict:
         """Train to the last epoch and test the best model; returns the results."""
         started = time.perf_counter()
+        self.loggers.replay(self.history, self.analysis)  # what a resumed run had logged before
         try:
             with self.stop:
+                if self.probe is not None and self.progress.epoch == self.progress.batch == 0:  # before any step
+                    self._analyse(epoch=0)
+                    self.run_dir.write_analysis(self.analysis)
                 while self.progress.epoch < self.config.epochs:
                     monitor = self._train_epoch()
                     self._finish_epoch()
@@ -257,11 +277,28 @@ class Trainer:
                     if name not in self.best or _better(val[metric], self.best[name][f"val_{metric}"], lower)]
         for name in improved:
             self.best[name] = {"epoch": row["epoch"], **{f"val_{k}": v for k, v in val.items()}}
+        if self._analysis_due(row["epoch"]):
+            self._analyse(row["epoch"])
         self.optimizer.end_epoch()
         self.progress = Progress(epoch=progress.epoch + 1)
         self.run_dir.save_checkpoint(self.checkpoint())
         self._write_views(new_best=improved)
+        self.loggers.metrics(row)
         self.log(self._summary(row))
+
+    def _analysis_due(self, epoch: int) -> bool:
+        every = self.config.analysis_every
+        return self.probe is not None and (epoch % every == 0 or epoch == self.config.epochs)
+
+    def _analyse(self, epoch: int) -> None:
+        """Measure the model on the probe batch; `analyse` leaves the model and the random
+        states as they were, so the training goes on bit-identical."""
+        started = time.perf_counter()
+        record = {"epoch": epoch, **analyse(self.model, self.objective, self.rule, *self.probe)}
+        self.analysis.append(record)
+        self.loggers.analysis(record)
+        self.log(f"analysis of epoch {epoch} ({len(self.probe[1])} validation samples, "
+                 f"{time.perf_counter() - started:.1f}s) -> {self.run_dir / ANALYSIS}")
 
     @staticmethod
     def _summary(row: dict) -> str:

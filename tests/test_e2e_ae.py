@@ -15,8 +15,9 @@ from tiny_data import write_stl10
 from ccl.cli import parse_command_line
 from utils.data import load_splits
 from utils.data.recipes import ae_data
-from utils.figures import LABEL_WIDTH, PADDING, RECONSTRUCTIONS, figure_indices, save_reconstructions
-from utils.figures import main as figures_main
+from ccl.figures import (LABEL_WIDTH, PADDING, RECONSTRUCTIONS, TITLE_LINE_HEIGHT, figure_indices,
+                         save_reconstructions)
+from ccl.figures.cli import main as figures_main
 
 CONFIGS = {"BP": REPO / "yaml/cnn_ae/stl10_bp_legacy.yaml", "CCL": REPO / "yaml/cnn_ae/stl10_ccl_legacy.yaml"}
 # One training step of 2 images, then validation on 2 and test on 4: a forward pass of this
@@ -29,9 +30,14 @@ def run_ae(*args) -> int:
     return experiment.main(AUTOENCODER, list(args))
 
 
-def figure_size(rows: int, images: int = TEST_IMAGES) -> tuple[int, int]:
-    """(width, height) of a figure of `images` 96x96 images per row."""
-    return (LABEL_WIDTH + images * (96 + PADDING) + PADDING, rows * (96 + PADDING) + PADDING)
+def assert_figure(path, rows: int, images: int = TEST_IMAGES) -> None:
+    """A PNG of `images` 96x96 images per row under a title of one or more lines."""
+    with Image.open(path) as figure:
+        assert figure.format == "PNG" and figure.mode == "RGB"
+        width, height = figure.size
+    assert width == LABEL_WIDTH + images * (96 + PADDING) + PADDING
+    title = height - (rows * (96 + PADDING) + PADDING)
+    assert title > 0 and title % TITLE_LINE_HEIGHT == 0
 
 
 def accept(patch, checksums) -> None:
@@ -80,9 +86,7 @@ def test_run_directory(runs, method):
     assert 0 < results["test_mse"] < 1 and results["steps"] == 1
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert len(rows) == 1 and 0 < rows[0]["val_mse"] < 1 and rows[0]["step"] == 1
-    with Image.open(out / RECONSTRUCTIONS) as figure:
-        assert figure.mode == "RGB"
-        assert figure.size == figure_size(rows=2)  # inputs, reconstructions
+    assert_figure(out / RECONSTRUCTIONS, rows=2)  # inputs, reconstructions
 
 
 @pytest.mark.slow
@@ -91,8 +95,19 @@ def test_comparison_figure(runs, stl10_files, monkeypatch):
     out = runs / "bp_vs_ccl.png"
     assert figures_main(["compare", str(runs / "BP"), str(runs / "CCL"), "--out", str(out),
                          "--device", "cpu"]) == 0
-    with Image.open(out) as figure:
-        assert figure.size == figure_size(rows=3)  # inputs, BP, CCL
+    assert_figure(out, rows=3)  # inputs, BP, CCL
+
+
+def test_reconstructions_are_drawn_again_from_the_best_model(runs, stl10_files, monkeypatch, capsys):
+    accept(monkeypatch, stl10_files[1])
+    figure = runs / "CCL" / RECONSTRUCTIONS
+    drawn_by_the_run = figure.read_bytes()
+    figure.unlink()
+    assert figures_main(["reconstructions", str(runs / "CCL"), "--device", "cpu"]) == 0
+    assert figure.read_bytes() == drawn_by_the_run
+    assert figures_main(["reconstructions", str(runs / "CCL"), "--out", str(runs / "again.png"),
+                         "--device", "cpu"]) == 0
+    assert_figure(runs / "again.png", rows=2)
 
 
 def test_comparison_needs_finished_runs(tmp_path, capsys):
@@ -111,8 +126,7 @@ def test_figure_shows_targets_that_differ_from_inputs(tiny_stl10, tmp_path):
             return x
 
     save_reconstructions(Echo(), data, tmp_path)
-    with Image.open(tmp_path / RECONSTRUCTIONS) as figure:
-        assert figure.size == figure_size(rows=3, images=10)  # inputs, targets, reconstructions
+    assert_figure(tmp_path / RECONSTRUCTIONS, rows=3, images=10)  # inputs, targets, reconstructions
 
 
 @pytest.mark.parametrize("flag, value, message", [

@@ -11,7 +11,10 @@ import torch
 import yaml
 
 from ccl import figures
+from ccl.figures.cli import main as figures_main
 from ccl.analysis import analyse
+from ccl.cli import parse_command_line
+from ccl.config import config_yaml
 from ccl.losses import mlp_alignment_loss
 from ccl.rules import ccl_loss
 from ccl.objectives import Classification
@@ -85,14 +88,14 @@ def _error_line(capsys):
 # --- every subcommand writes a PNG ---------------------------------------------------------
 def test_cka_writes_the_default_epochs_into_the_run_directory(tmp_path):
     run = _run(tmp_path, "ccl")
-    assert figures.main(["cka", str(run)]) == 0
+    assert figures_main(["cka", str(run)]) == 0
     _assert_png(run / "cka.png")
 
 
 def test_cka_at_chosen_epochs_to_a_chosen_file(tmp_path):
     run = _run(tmp_path, "ccl")
     out = tmp_path / "figures" / "cka_2_7.png"
-    assert figures.main(["cka", str(run), "--epochs", "2", "7", "--out", str(out)]) == 0
+    assert figures_main(["cka", str(run), "--epochs", "2", "7", "--out", str(out)]) == 0
     _assert_png(out)
 
 
@@ -104,13 +107,13 @@ def test_default_cka_epochs_are_first_one_five_and_last_where_analysed():
 
 def test_alignment_overlays_runs(tmp_path):
     first, second = _run(tmp_path, "ccl"), _run(tmp_path, "bp", config="mlp/mnist_bp")
-    assert figures.main(["alignment", str(first), str(second)]) == 0
+    assert figures_main(["alignment", str(first), str(second)]) == 0
     _assert_png(first / "alignment.png")
 
 
 def test_kernels_of_rgb_and_greyscale_runs(tmp_path):
     rgb, grey = _run(tmp_path, "bp", in_channels=3), _run(tmp_path, "ccl", in_channels=1)
-    assert figures.main(["kernels", str(rgb), str(grey)]) == 0
+    assert figures_main(["kernels", str(rgb), str(grey)]) == 0
     _assert_png(rgb / "kernels.png")
 
 
@@ -129,13 +132,13 @@ def test_kernel_mosaic_scales_each_kernel_and_greys_single_channel_kernels():
 def test_curves_of_classification_and_autoencoder_runs(tmp_path, autoencoder):
     first = _run(tmp_path, "ccl", autoencoder=autoencoder)
     second = _run(tmp_path, "bp", autoencoder=autoencoder, config="mlp/mnist_bp")
-    assert figures.main(["curves", str(first), str(second)]) == 0
+    assert figures_main(["curves", str(first), str(second)]) == 0
     _assert_png(first / "curves.png")
 
 
 def test_grid_writes_beside_the_csv(tmp_path):
     csv_path = _grid_csv(tmp_path)
-    assert figures.main(["grid", str(csv_path), "--title", "MNIST MLP, CCL"]) == 0
+    assert figures_main(["grid", str(csv_path), "--title", "MNIST MLP, CCL"]) == 0
     _assert_png(csv_path.with_suffix(".png"))
 
 
@@ -156,8 +159,8 @@ def test_analyse_records_draw_as_they_come(tmp_path):
     run = tmp_path / "analysed"
     run.mkdir()
     _write_jsonl(run / figures.ANALYSIS, [{"epoch": 0, **analyse(model, task, ccl_loss, x, y)}])
-    assert figures.main(["cka", str(run)]) == 0
-    assert figures.main(["alignment", str(run)]) == 0
+    assert figures_main(["cka", str(run)]) == 0
+    assert figures_main(["alignment", str(run)]) == 0
     _assert_png(run / "cka.png")
 
 
@@ -172,71 +175,71 @@ def test_titles_name_the_config_and_seed_or_else_the_directory(tmp_path):
 def test_cka_of_a_run_without_analysis_records(tmp_path, capsys):
     run = _run(tmp_path, "ccl")
     (run / figures.ANALYSIS).unlink()
-    assert figures.main(["cka", str(run)]) == 2
+    assert figures_main(["cka", str(run)]) == 2
     assert "no analysis.jsonl" in _error_line(capsys)
     (run / figures.ANALYSIS).write_text("\n")
-    assert figures.main(["alignment", str(run)]) == 2
+    assert figures_main(["alignment", str(run)]) == 2
     assert "no records" in _error_line(capsys)
 
 
 def test_cka_of_an_epoch_that_was_not_analysed(tmp_path, capsys):
     run = _run(tmp_path, "ccl")
-    assert figures.main(["cka", str(run), "--epochs", "1", "9"]) == 2
+    assert figures_main(["cka", str(run), "--epochs", "1", "9"]) == 2
     assert "no record of epoch 9; it has epochs 0, 1, 2, 5, 7" in _error_line(capsys)
 
 
 def test_records_that_are_not_json_or_lack_a_key(tmp_path, capsys):
     run = _run(tmp_path, "ccl")
     (run / figures.ANALYSIS).write_text(json.dumps(_record(0)) + "\n{not json\n")
-    assert figures.main(["cka", str(run)]) == 2
+    assert figures_main(["cka", str(run)]) == 2
     assert "line 2: not JSON" in _error_line(capsys)
     record = _record(0)
     del record["grad_angle_deg"]
     _write_jsonl(run / figures.ANALYSIS, [record])
-    assert figures.main(["alignment", str(run)]) == 2
+    assert figures_main(["alignment", str(run)]) == 2
     assert "line 1: no grad_angle_deg" in _error_line(capsys)
     record = _record(0)
     record["cka"] = record["cka"][:-1]
     _write_jsonl(run / figures.ANALYSIS, [record])
-    assert figures.main(["cka", str(run)]) == 2
+    assert figures_main(["cka", str(run)]) == 2
     assert "cka is not 8 x 8" in _error_line(capsys)
 
 
 def test_missing_run_directory(tmp_path, capsys):
-    assert figures.main(["curves", str(tmp_path / "nowhere")]) == 2
+    assert figures_main(["curves", str(tmp_path / "nowhere")]) == 2
     assert "nowhere: no such run directory" in _error_line(capsys)
 
 
 def test_kernels_of_a_run_without_weights(tmp_path, capsys):
     bp, ccl = _run(tmp_path, "bp"), _run(tmp_path, "ccl")
     (ccl / figures.BEST).unlink()
-    assert figures.main(["kernels", str(bp), str(ccl)]) == 2
+    assert figures_main(["kernels", str(bp), str(ccl)]) == 2
     assert "no best.pt" in _error_line(capsys)
     torch.save({"layer2.fwd.weight": torch.zeros(2)}, ccl / figures.BEST)
-    assert figures.main(["kernels", str(bp), str(ccl)]) == 2
+    assert figures_main(["kernels", str(bp), str(ccl)]) == 2
     assert "no layer1.fwd.weight" in _error_line(capsys)
     torch.save({"layer1.fwd.weight": torch.zeros(4, 784)}, ccl / figures.BEST)
-    assert figures.main(["kernels", str(bp), str(ccl)]) == 2
+    assert figures_main(["kernels", str(bp), str(ccl)]) == 2
     assert "has shape (4, 784)" in _error_line(capsys)
     (ccl / figures.BEST).write_bytes(b"not a checkpoint")
-    assert figures.main(["kernels", str(bp), str(ccl)]) == 2
+    assert figures_main(["kernels", str(bp), str(ccl)]) == 2
     assert "not a readable state dict" in _error_line(capsys)
 
 
 def test_curves_of_runs_of_two_tasks(tmp_path, capsys):
     classification, autoencoder = _run(tmp_path, "cls"), _run(tmp_path, "ae", autoencoder=True)
-    assert figures.main(["curves", str(classification), str(autoencoder)]) == 2
+    assert figures_main(["curves", str(classification), str(autoencoder)]) == 2
     assert "no val_acc" in _error_line(capsys)
 
 
 def test_grid_csv_without_a_column_or_with_a_bad_value(tmp_path, capsys):
     csv_path = _grid_csv(tmp_path, header="lr_F,lr_B,mean,sd,n,extra")
-    assert figures.main(["grid", str(csv_path)]) == 2
+    assert figures_main(["grid", str(csv_path)]) == 2
     assert "no column std" in _error_line(capsys)
     csv_path.write_text("lr_F,lr_B,mean,std,n\n0.1,0.1,97.0,0.1,five\n")
-    assert figures.main(["grid", str(csv_path)]) == 2
+    assert figures_main(["grid", str(csv_path)]) == 2
     assert "line 2:" in _error_line(capsys)
-    assert figures.main(["grid", str(tmp_path / "none.csv")]) == 2
+    assert figures_main(["grid", str(tmp_path / "none.csv")]) == 2
     assert "none.csv: no such file" in _error_line(capsys)
 
 
@@ -247,3 +250,15 @@ def test_module_entry_point_exits_2_without_a_traceback(tmp_path):
     assert result.returncode == 2
     assert result.stderr.strip().startswith("python -m ccl.figures: error:")
     assert "Traceback" not in result.stderr and result.stderr.count("\n") == 1
+
+
+@pytest.mark.parametrize("command", ["reconstructions", "compare"])
+def test_reconstructions_of_a_classification_run(tmp_path, capsys, command):
+    run = tmp_path / "run"
+    run.mkdir()
+    config, _ = parse_command_line(["--yaml", str(REPO / "yaml/mlp/mnist_ccl.yaml")], "main_class_mlp.py",
+                                   "", {"task": "classification"})
+    (run / "config.yaml").write_text(config_yaml(config, {"script": "main_class_mlp.py"}))
+    out = ["--out", str(tmp_path / "x.png")] if command == "compare" else []
+    assert figures_main([command, str(run), *out]) == 2
+    assert f"{run} is a classification run; {command} draws autoencoder runs" in capsys.readouterr().err

@@ -102,6 +102,10 @@ class World:
             raise ConfigError("compile 1 is not supported across processes (the gathered decorrelation "
                               "term and the synchronised BatchNorm are not compiled): set compile: 0 to "
                               "train with torchrun")
+        if config.analysis_every:
+            raise ConfigError("analysis_every measures one process's probe batch between epochs: set "
+                              "analysis_every: 0 to train with torchrun, and measure the best model "
+                              "afterwards with python -m ccl.analysis RUN_DIR")
 
     def device(self, requested: str) -> str:
         """This process's device: under torchrun a CUDA run takes the GPU of its LOCAL_RANK."""

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import shlex
 import sys
@@ -12,9 +13,9 @@ from typing import Any
 from ccl.reproduce.cluster import EXECUTORS, Cluster, active_job, submit_all
 from ccl.reproduce.paper import PROCEDURES, TABLES, targets_of
 from ccl.reproduce.runner import Settings, only_runner, plan_runs, report, run_all
-from ccl.reproduce.table import SELECTIONS, write_tables
+from ccl.reproduce.table import SELECTIONS, write_grid_tables, write_tables
 from ccl.cli import resolve_device
-from ccl.config import KEYS, parse_cli_value
+from ccl.config import KEYS, check_value, closest, parse_cli_value
 from utils.errors import ConfigError, UserError
 from utils.provenance import REPO_ROOT
 
@@ -37,6 +38,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help="add every config that has a number in this paper table")
     run.add_argument("--seeds", nargs="+", type=int, default=list(DEFAULT_SEEDS),
                      help=f"default: {' '.join(map(str, DEFAULT_SEEDS))}")
+    run.add_argument("--grid", nargs="+", default=[], metavar="KEY=V1,V2,...",
+                     help="train every combination of these values of numeric config keys (e.g. "
+                          "lr_F=0.1,0.2 lr_B=0,0.1) with every seed; each combination names its run "
+                          "directories, as --KEY VALUE does")
     run.add_argument("--jobs", type=int, default=1, help="runs at the same time (default 1)")
     run.add_argument("--devices", nargs="+", default=[None],
                      help="devices given to the runs in turn, e.g. cpu, or cuda:0 cuda:1 "
@@ -73,6 +78,14 @@ def build_parser() -> argparse.ArgumentParser:
                                 help="our mean +- std beside the paper's, as Markdown and CSV",
                                 description="Print every paper table (Markdown) with our numbers "
                                             "from the run directories and write one CSV per table.")
+    table.add_argument("configs", nargs="*", type=Path,
+                       help="with --grid: the configs whose grids to write (default: every config "
+                            "with runs that vary the grid keys)")
+    table.add_argument("--grid", nargs="+", default=None, metavar="KEY",
+                       help="instead of the paper's tables, one CSV per config (and other overrides) "
+                            "of the runs that set these keys: one row per combination of their "
+                            "values, with mean, std and n of the test metric (the columns "
+                            "`python -m ccl.figures grid` reads)")
     table.add_argument("--runs_root", type=Path, default=DEFAULT_RUNS_ROOT,
                        help=f"the run directories (default {DEFAULT_RUNS_ROOT})")
     table.add_argument("--select", choices=(*SELECTIONS, "all"), default="val_loss",
@@ -104,6 +117,37 @@ def split_overrides(argv: Sequence[str]) -> tuple[list[str], dict[str, Any]]:
     return rest, overrides
 
 
+def grid_combinations(words: Sequence[str], overrides: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every combination of the values of `--grid KEY=V1,V2 ...`, in the order given (the last
+    key varies fastest); [{}] without a grid."""
+    axes: dict[str, list[Any]] = {}
+    for word in words:
+        name, equals, values = word.partition("=")
+        if name not in KEYS:
+            raise ConfigError(f"--grid {word}: {name!r} is not a config key{closest(name, KEYS)}")
+        if name == "seed":
+            raise ConfigError("--grid seed: the runner sets each run's seed: use --seeds S1 S2 ...")
+        if KEYS[name].type not in (int, float) or KEYS[name].choices:
+            raise ConfigError(f"--grid {name}: a grid varies numeric keys; {name} takes "
+                              f"{', '.join(map(str, KEYS[name].choices)) or 'a string'}")
+        if name in axes or name in overrides:
+            raise ConfigError(f"--grid {name}: the key is set twice; give it once, in --grid or as --{name}")
+        if not equals or not values:
+            raise ConfigError(f"--grid {word}: give the key's values as {name}=V1,V2,...")
+        axes[name] = list(dict.fromkeys(grid_value(name, text) for text in values.split(",")))
+    return [dict(zip(axes, values)) for values in itertools.product(*axes.values())]
+
+
+def grid_value(name: str, text: str) -> Any:
+    kind = "an integer" if KEYS[name].type is int else "a number"
+    try:
+        value = parse_cli_value(name, text.strip())
+    except ConfigError:
+        raise ConfigError(f"--grid {name}: {text!r} is not {kind}") from None
+    check_value(name, value, f"--grid {name}")
+    return value
+
+
 def shown(path: Path) -> Path:
     """The path relative to the working directory where it is inside it."""
     try:
@@ -121,7 +165,11 @@ def run_command(args: argparse.Namespace, overrides: dict[str, Any], launcher: S
         raise ConfigError("--jobs and --threads must be positive")
     cluster = cluster_of(args)
     devices = [None if device is None else resolve_device(device, "--devices") for device in args.devices]
-    runs = plan_runs(configs, args.seeds, overrides, args.runs_root, args.procedure)
+    # seed by seed: a run stopped halfway has one seed of every setting rather than all of a few
+    runs = list(dict.fromkeys(
+        run for seed in args.seeds for combination in grid_combinations(args.grid, overrides)
+        for run in plan_runs(configs, [seed], {**overrides, **combination}, args.runs_root,
+                             args.procedure)))
     settings = Settings(jobs=args.jobs, devices=devices,
                         threads=args.threads or max(1, (os.cpu_count() or 1) // args.jobs),
                         data_root=args.data_root, launcher=tuple(launcher))
@@ -170,6 +218,16 @@ def dry_run(runs, settings: Settings) -> None:
         print(f"{state:12} {shlex.join(settings.command(run, device))}")
 
 
+def grid_command(args: argparse.Namespace, results_dir: Path) -> int:
+    for name in args.grid:
+        if name not in KEYS:
+            raise ConfigError(f"--grid {name}: not a config key{closest(name, KEYS)}")
+    configs = [f"{Path(config).parent.name}/{Path(config).stem}" for config in args.configs]
+    for path in write_grid_tables(args.runs_root, args.grid, configs, results_dir):
+        print(path)
+    return 0
+
+
 def main(argv: Sequence[str] | None = None, launcher: Sequence[str] = (sys.executable,)) -> int:
     """Exit code: 0 when every requested run has finished, 1 when one failed or diverged, 2 for
     a bad command line, 128 + signal when stopped. `launcher` runs an entry script (tests)."""
@@ -182,6 +240,10 @@ def main(argv: Sequence[str] | None = None, launcher: Sequence[str] = (sys.execu
         if overrides:
             raise ConfigError(f"table takes no config keys (got --{next(iter(overrides))})")
         results_dir = args.results_dir or args.runs_root / "tables"
+        if args.grid is not None:
+            return grid_command(args, results_dir)
+        if args.configs:
+            raise ConfigError(f"table takes config files with --grid only (got {args.configs[0]})")
         print(write_tables(args.runs_root, results_dir, args.select))
         print(f"\nCSV files in {results_dir}/", file=sys.stderr)
         return 0

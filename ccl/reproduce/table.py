@@ -19,7 +19,7 @@ import re
 import statistics
 import sys
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +27,7 @@ from ccl.config import read_yaml_sections
 from ccl.reproduce.paper import METHOD_ORDER, PAPER, TABLES, Table, Target, released_procedure, targets_of
 from ccl.run_dir import RESULTS, Damaged, RunDir
 from utils.provenance import REPO_ROOT
+from utils.errors import ConfigError
 from utils.io import write_text
 
 # config folder -> the table its runs belong to (configs the paper gives no number for are
@@ -77,10 +78,9 @@ class Row:
         return self.diff is not None and abs(self.diff) > self.combined_std
 
 
-def collect(runs_root: Path) -> dict[tuple[str, str, str], list[dict]]:
-    """results.json of every run under runs_root, by (config, procedure, other overrides). A
-    damaged results.json is left out with a warning."""
-    groups = defaultdict(list)
+def run_results(runs_root: Path) -> Iterator[tuple[str, dict[str, str], dict]]:
+    """(config, overrides as the directory names them, results.json) of every run under
+    runs_root that has ended. A damaged results.json is left out with a warning."""
     for path in sorted(Path(runs_root).glob(f"*/*/seed*/{RESULTS}")):
         setting = path.parent.parent
         folder = setting.parent.name
@@ -94,8 +94,14 @@ def collect(runs_root: Path) -> dict[tuple[str, str, str], list[dict]]:
             print(f"warning: {error}; that run is left out", file=sys.stderr)
             continue
         stem, *overrides = OVERRIDE_START.split(setting.name)
-        config = f"{folder}/{stem}"
-        groups[(config, *procedure_of(config, dict(o.split("=", 1) for o in overrides)))].append(results)
+        yield f"{folder}/{stem}", dict(o.split("=", 1) for o in overrides), results
+
+
+def collect(runs_root: Path) -> dict[tuple[str, str, str], list[dict]]:
+    """results.json of every run under runs_root, by (config, procedure, other overrides)."""
+    groups = defaultdict(list)
+    for config, overrides, results in run_results(runs_root):
+        groups[(config, *procedure_of(config, overrides))].append(results)
     return groups
 
 
@@ -276,3 +282,56 @@ def write_tables(runs_root: Path, results_dir: Path, select: str = "val_loss") -
                      else markdown(table, rows_of[select]))
     parts.append(FOOTNOTE)
     return "\n\n".join(parts)
+
+
+# --- grids (python -m ccl.reproduce table --grid lr_F lr_B) ----------------------------------
+GRID_STATISTICS = ("mean", "std", "n", "diverged")
+
+
+def grid_cells(runs_root: Path, keys: Sequence[str], configs: Sequence[str]
+               ) -> dict[tuple[str, str], dict[tuple[float, ...], list[dict]]]:
+    """The ended runs whose directories set every grid key, by (config, the other overrides as
+    text) and then by the keys' values. `configs` (e.g. mlp/mnist_ccl) limits the configs."""
+    grids = defaultdict(lambda: defaultdict(list))
+    for config, overrides, results in run_results(runs_root):
+        if (configs and config not in configs) or not all(key in overrides for key in keys):
+            continue
+        others = "".join(f"-{k}={v}" for k, v in sorted(overrides.items()) if k not in keys)
+        grids[(config, others)][tuple(float(overrides[key]) for key in keys)].append(results)
+    return grids
+
+
+def grid_csv(keys: Sequence[str], cells: dict[tuple[float, ...], list[dict]], table: Table) -> str:
+    """One row per cell: the keys' values, then mean, sample std (empty when n < 2) and n of the
+    finished runs' test metric in the table's unit (accuracy in %), and the diverged runs."""
+    stream = io.StringIO()
+    writer = csv.writer(stream, lineterminator="\n")
+    writer.writerow([*keys, *GRID_STATISTICS])
+    for values in sorted(cells):
+        runs = cells[values]
+        metric = [r[f"test_{table.metric}"] * table.scale for r in runs if r["status"] == "finished"]
+        # 4 decimals: the accuracies are float32 fractions, their last digits are noise
+        mean = round(statistics.fmean(metric), 4) if metric else ""
+        std = round(statistics.stdev(metric), 4) if len(metric) >= 2 else ""
+        writer.writerow([*(f"{v:g}" for v in values), mean, std, len(metric),
+                         sum(r["status"] == "diverged" for r in runs)])
+    return stream.getvalue()
+
+
+def write_grid_tables(runs_root: Path, keys: Sequence[str], configs: Sequence[str],
+                      results_dir: Path) -> list[Path]:
+    """One CSV per (config, other overrides) of the runs that set the grid keys:
+    `grid_<keys>_<folder>_<config name><-other overrides>.csv` in results_dir."""
+    grids = grid_cells(runs_root, keys, configs)
+    if not grids:
+        scope = f" of {', '.join(configs)}" if configs else ""
+        raise ConfigError(f"no run{scope} under {runs_root} sets {' and '.join(keys)} in its directory "
+                          f"name; train the grid first with `python -m ccl.reproduce run CONFIG --grid "
+                          f"{' '.join(k + '=V1,V2' for k in keys)}`")
+    written = []
+    for (config, others), cells in sorted(grids.items()):
+        folder, stem = config.split("/")
+        path = Path(results_dir) / f"grid_{'_'.join(keys)}_{folder}_{stem}{others}.csv"
+        write_text(path, grid_csv(keys, cells, TABLES[TABLE_OF_FOLDER[folder]]))
+        written.append(path)
+    return written

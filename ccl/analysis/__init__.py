@@ -1,6 +1,12 @@
 """How the forward and feedback networks of a dual network relate (the paper's analyses,
 docs/ALGORITHM.md section 9), measured on a probe batch.
 
+The probe batch (`probe_batch`) is the first N images of a split as `utils.data.load_splits`
+returns it: the test set in its file order; the validation split in the order of its seeded
+draw from the training file, so its first N are a random sample fixed by the seed. The trainer
+measures the model on such a batch of validation images every `analysis_every` epochs
+(analysis.jsonl); `python -m ccl.analysis RUN_DIR` (cli.py) measures a run's best model.
+
 Three measures, one entry per dual layer l = 1..L (`layer1..layerL`):
 
 - `cka`: the L x L matrix of linear CKA (Kornblith et al. 2019) between the forward outputs
@@ -55,8 +61,20 @@ from contextlib import contextmanager
 import torch
 
 from ccl.rules import bp_loss
+from utils.data.loader import BatchLoader, derived_seed
 
 Rule = Callable[..., torch.Tensor]  # (model, objective, inputs, targets) -> loss
+# seeds the batch maker's random transforms of the probe (augment_validation, the autoencoder's
+# DropColor and RandCrop), apart from the streams of utils/data/recipes.py
+PROBE_STREAM = 3
+
+
+def probe_batch(loader: BatchLoader, samples: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(inputs, targets) of the first `samples` images of the loader's split (all of them when
+    it has fewer), made as its batches are: classification targets are labels, the
+    autoencoder's come from its task transform."""
+    generator = torch.Generator(device=loader.images.device).manual_seed(derived_seed(seed, PROBE_STREAM))
+    return loader.make_batch(loader.images[:samples], loader.labels[:samples], generator)
 
 
 # --- linear CKA ----------------------------------------------------------------------------

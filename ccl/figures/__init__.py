@@ -1,14 +1,20 @@
 """Figures of runs (the paper's analyses, docs/ALGORITHM.md section 9): PNG files drawn with matplotlib's Agg
-canvas (no screen needed).
+canvas (no screen needed), and the autoencoder's reconstructions drawn pixel for pixel with PIL.
+The commands (cli.py):
 
     python -m ccl.figures cka RUN_DIR [--epochs E ...]        CKA heatmaps at chosen epochs
     python -m ccl.figures alignment RUN_DIR ...               weight cosine and gradient angle over epochs
     python -m ccl.figures kernels RUN_BP RUN_CCL [--count K]  first-layer conv kernels side by side
     python -m ccl.figures curves RUN_DIR ...                  loss and accuracy (AE: MSE) per epoch
     python -m ccl.figures grid GRID_CSV [--title T]           test accuracy over lr_F x lr_B
+    python -m ccl.figures reconstructions RUN_DIR             an autoencoder run's reconstructions.png again
+    python -m ccl.figures compare RUN_DIR ... --out FILE      reconstructions of several autoencoder runs
 
 Each takes `--out FILE`; by default the figure goes into the first run directory given
-(`cka.png`, `alignment.png`, `kernels.png`, `curves.png`), or beside the CSV (`GRID.png`).
+(`cka.png`, `alignment.png`, `kernels.png`, `curves.png`, `reconstructions.png`), or beside the
+CSV (`GRID.png`). `reconstructions` and `compare` rebuild each run's best model and test set
+from its config.yaml (`--data_root`, `--device`); `main_ae.py` draws `reconstructions.png`
+itself at the end of a run (`save_reconstructions`).
 
 What they read:
 - `RUN_DIR/analysis.jsonl`: one JSON object per line, one line per analysed epoch (0 = before
@@ -20,7 +26,7 @@ What they read:
 - `RUN_DIR/best.pt`: a state dict with `layer1.fwd.weight` of shape (out, in, kh, kw), in = 1 or 3.
 - `RUN_DIR/config.yaml` (optional): titles read `<config folder>/<config name>, seed S` from its
   `run: yaml:` path and `training: seed:`; without it, the directory's name.
-- `RUN_DIR/results.json` (optional): `best_epoch`, for the kernels' title.
+- `RUN_DIR/results.json` (optional): `best_epoch`, for the titles of kernels and reconstructions.
 - GRID_CSV: a header and one row per (lr_F, lr_B) cell, columns
       lr_F, lr_B   the forward and feedback learning rates (numbers)
       mean, std    mean and standard deviation over the cell's seeds of the test accuracy in %
@@ -34,11 +40,9 @@ matplotlib Figure, so other code can draw them without files.
 """
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import math
-import sys
 import textwrap
 from collections.abc import Sequence
 from pathlib import Path
@@ -51,11 +55,14 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
+from PIL import Image, ImageDraw, ImageFont
+from torchvision.utils import make_grid
 
-from ccl.run_dir import BEST, METRICS, RESULTS
-from utils.errors import ConfigError, UserError
+from ccl.run_dir import ANALYSIS, BEST, METRICS, RECONSTRUCTIONS, RESULTS
+from utils.data.loader import BatchLoader
+from utils.data.recipes import Data
+from utils.errors import ConfigError
 
-ANALYSIS = "analysis.jsonl"
 ANALYSIS_KEYS = ("epoch", "layers", "cka", "weight_cosine", "grad_angle_deg")
 GRID_COLUMNS = ("lr_F", "lr_B", "mean", "std", "n")
 FIRST_LAYER_WEIGHT = "layer1.fwd.weight"
@@ -377,39 +384,10 @@ def grid_figure(cells: Sequence[dict], title: str) -> Figure:
     return figure
 
 
-# --- the command line ----------------------------------------------------------------------
 def default_cka_epochs(available: Sequence[int]) -> list[int]:
     """The first analysed epoch, 1, 5 and the last, those of them that were analysed."""
     wanted = {min(available), 1, 5, max(available)}
     return sorted(wanted & set(available))
-
-
-def draw_cka(args) -> Path:
-    records = analysis_records(args.run)
-    by_epoch = {record["epoch"]: record for record in records}
-    epochs = args.epochs or default_cka_epochs(list(by_epoch))
-    missing = [epoch for epoch in epochs if epoch not in by_epoch]
-    if missing:
-        raise ConfigError(f"{args.run / ANALYSIS} has no record of epoch "
-                          f"{', '.join(map(str, missing))}; it has epochs {', '.join(map(str, by_epoch))}")
-    figure = cka_figure([by_epoch[epoch] for epoch in epochs], run_title(args.run))
-    return save_png(figure, args.out or args.run / "cka.png")
-
-
-def draw_alignment(args) -> Path:
-    runs = [(run_title(run), analysis_records(run)) for run in args.runs]
-    return save_png(alignment_figure(runs), args.out or args.runs[0] / "alignment.png")
-
-
-def draw_kernels(args) -> Path:
-    if args.count < 1:
-        raise ConfigError(f"--count {args.count}: draw at least one kernel")
-    panels = []
-    for run in args.runs:
-        weight, epoch = first_layer_kernels(run), best_epoch(run)
-        panels.append((f"{run_title(run)}\n{BEST}" + (f", epoch {epoch}" if epoch is not None else ""),
-                       weight))
-    return save_png(kernels_figure(panels, args.count), args.out or args.runs[0] / "kernels.png")
 
 
 def validation_metric(rows: Sequence[dict]) -> str:
@@ -417,63 +395,109 @@ def validation_metric(rows: Sequence[dict]) -> str:
     return "val_acc" if "val_acc" in rows[0] else "val_mse"
 
 
-def draw_curves(args) -> Path:
-    runs = [(run_title(run), metrics_rows(run)) for run in args.runs]
-    metric = validation_metric(runs[0][1])
-    for run, (_, rows) in zip(args.runs, runs):
-        if metric not in rows[0]:
-            raise ConfigError(f"{run / METRICS} has no {metric}, as the first run's has: draw "
-                              f"curves of runs of one task")
-    return save_png(curves_figure(runs), args.out or args.runs[0] / "curves.png")
+# --- reconstructions of autoencoder runs (PIL: the images pixel for pixel) ----------------
+FIGURE_IMAGES = 10
+FIGURE_SEED = 0  # the task's random damage (DropColor, RandCrop) of the figure's inputs
+PADDING = 2
+LABEL_WIDTH = 130
+FONT_SIZE = 16
+TITLE_LINE_HEIGHT = 22
 
 
-def draw_grid(args) -> Path:
-    cells = read_grid(args.csv)
-    return save_png(grid_figure(cells, args.title or args.csv.stem), args.out or args.csv.with_suffix(".png"))
+def figure_indices(num_images: int, count: int = FIGURE_IMAGES) -> torch.Tensor:
+    """`count` test images spread evenly over the test set: the same in every run."""
+    return torch.linspace(0, num_images - 1, min(count, num_images)).round().long()
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m ccl.figures",
-                                     description="Figures of runs: CKA, weight and gradient alignment, "
-                                                 "first-layer kernels, training curves, learning-rate grids.")
-    commands = parser.add_subparsers(dest="command", required=True)
-
-    def command(name, draw, help_text):
-        sub = commands.add_parser(name, help=help_text, description=help_text)
-        sub.add_argument("--out", type=Path, default=None, help="PNG file to write")
-        sub.set_defaults(draw=draw)
-        return sub
-
-    cka = command("cka", draw_cka, "heatmaps of the forward x feedback CKA matrix at chosen epochs")
-    cka.add_argument("run", type=Path, metavar="RUN_DIR")
-    cka.add_argument("--epochs", type=int, nargs="+", default=None, metavar="E",
-                     help="epochs to draw (default: the first, 1, 5 and the last analysed)")
-    alignment = command("alignment", draw_alignment,
-                        "weight cosine and gradient angle per layer over epochs, runs overlaid")
-    alignment.add_argument("runs", type=Path, nargs="+", metavar="RUN_DIR")
-    kernels = command("kernels", draw_kernels, "first-layer conv kernels of runs side by side (e.g. BP, CCL)")
-    kernels.add_argument("runs", type=Path, nargs="+", metavar="RUN_DIR")
-    kernels.add_argument("--count", type=int, default=64, help="kernels per run (default 64)")
-    curves = command("curves", draw_curves, "training and validation loss, validation accuracy or MSE")
-    curves.add_argument("runs", type=Path, nargs="+", metavar="RUN_DIR")
-    grid = command("grid", draw_grid, "mean test accuracy over lr_F x lr_B, seed count per cell")
-    grid.add_argument("csv", type=Path, metavar="GRID_CSV")
-    grid.add_argument("--title", default=None, help="figure title (default: the CSV's name)")
-    # The autoencoder's reconstruction figure (utils/figures.py `compare`) joins here as a command.
-    return parser
+def figure_batch(test: BatchLoader) -> tuple[torch.Tensor, torch.Tensor]:
+    """(inputs, targets) of the figure's test images, made as the test set's batches are."""
+    picked = figure_indices(test.num_samples).to(test.images.device)
+    generator = torch.Generator(device=test.images.device).manual_seed(FIGURE_SEED)
+    return test.make_batch(test.images[picked], test.labels[picked], generator)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    try:
-        out = args.draw(args)
-    except UserError as error:
-        print(f"{parser.prog}: error: {error}", file=sys.stderr)
-        return error.exit_code
-    print(f"wrote {out}")
-    return 0
+@torch.no_grad()
+def reconstruct(model: torch.nn.Module, inputs: torch.Tensor) -> torch.Tensor:
+    model.eval()
+    return model.predict(inputs).clamp(0, 1)
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+def example_rows(inputs: torch.Tensor, targets: torch.Tensor) -> list[tuple[str, torch.Tensor]]:
+    rows = [("input", inputs)]
+    if not torch.equal(inputs, targets):
+        rows.append(("target", targets))
+    return rows
+
+
+def _wrapped(text: str, font, width: int) -> list[str]:
+    """`text` in lines no wider than `width` pixels (a single long word stays whole)."""
+    lines: list[str] = []
+    for word in text.split():
+        candidate = f"{lines[-1]} {word}" if lines else word
+        if lines and font.getlength(candidate) <= width:
+            lines[-1] = candidate
+        else:
+            lines.append(word)
+    return lines
+
+
+def save_rows(rows: Sequence[tuple[str, torch.Tensor]], title: str, path: Path) -> Path:
+    """The title, then one labelled row of images per (label, batch); every batch has the same
+    size. The images keep their pixels (no resampling)."""
+    per_row = len(rows[0][1])
+    grid = make_grid(torch.cat([images.float().cpu() for _, images in rows]), nrow=per_row,
+                     padding=PADDING, pad_value=1.0)
+    pixels = grid.mul(255).round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()
+    font = ImageFont.load_default(size=FONT_SIZE)
+    width = LABEL_WIDTH + pixels.shape[1]
+    title_lines = _wrapped(title, font, width - 2 * PADDING)
+    top = len(title_lines) * TITLE_LINE_HEIGHT
+    picture = Image.new("RGB", (width, top + pixels.shape[0]), "white")
+    picture.paste(Image.fromarray(pixels), (LABEL_WIDTH, top))
+    draw = ImageDraw.Draw(picture)
+    for index, line in enumerate(title_lines):
+        draw.text((width / 2, (index + 0.5) * TITLE_LINE_HEIGHT), line, fill="black", font=font,
+                  anchor="mm")
+    row_height = (pixels.shape[0] - PADDING) / len(rows)
+    for index, (label, _) in enumerate(rows):
+        draw.text((LABEL_WIDTH - 8, top + PADDING + (index + 0.5) * row_height), label, fill="black",
+                  font=font, anchor="rm")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    picture.save(path, format="PNG")
+    return path
+
+
+def best_model_name(run_dir: Path) -> str:
+    """'best model (epoch E)', or 'best model' where results.json does not say the epoch."""
+    epoch = best_epoch(run_dir)
+    return "best model" + (f" (epoch {epoch})" if epoch is not None else "")
+
+
+def save_reconstructions(model: torch.nn.Module, data: Data, run_dir: Path,
+                         out: Path | None = None) -> Path:
+    """`main_ae.py`'s report (RUN_DIR/reconstructions.png): the run's model's reconstructions
+    of the figure's test images; `model` holds the best weights."""
+    inputs, targets = figure_batch(data.test)
+    title = (f"{run_title(run_dir)}: reconstructions by the {best_model_name(run_dir)} of "
+             f"{len(inputs)} test images spread over the test set")
+    return save_rows([*example_rows(inputs, targets), ("reconstruction", reconstruct(model, inputs))],
+                     title, out or Path(run_dir) / RECONSTRUCTIONS)
+
+
+def save_comparison(runs: Sequence[tuple[Path, str, torch.nn.Module, Data]], out: Path) -> Path:
+    """The inputs (and targets) of the first run, then one row of reconstructions per
+    (run directory, method, best model, data)."""
+    first_dir, _, _, first_data = runs[0]
+    inputs, targets = figure_batch(first_data.test)
+    rows = example_rows(inputs, targets)
+    for run_dir, method, model, data in runs:
+        other_inputs, other_targets = figure_batch(data.test)
+        if not (torch.equal(other_inputs, inputs) and torch.equal(other_targets, targets)):
+            raise ConfigError(f"{run_dir} draws other test images than {first_dir} (another "
+                              f"dataset or task_transform): compare runs of the same task")
+        rows.append((method, reconstruct(model, other_inputs)))
+    described = "; ".join(f"{method} = {run_title(run_dir)}, {best_model_name(run_dir)}"
+                          for run_dir, method, _, _ in runs)
+    return save_rows(rows, f"Reconstructions of {len(inputs)} test images by the best model of each "
+                           f"run. Rows: {described}", out)

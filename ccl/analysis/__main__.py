@@ -1,0 +1,5 @@
+import sys
+
+from ccl.analysis.cli import main
+
+sys.exit(main())

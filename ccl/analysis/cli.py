@@ -1,0 +1,79 @@
+"""`python -m ccl.analysis RUN_DIR`: the analysis measures (CKA, weight cosines, gradient angles)
+of a run's best model, on the first N images of its test set (default) or validation split.
+
+    python -m ccl.analysis RUN_DIR [--split test|val] [--samples N] [--out FILE]
+                                   [--data_root DIR] [--device D]
+
+The run is rebuilt from its config.yaml (the script, config and data root it was started with)
+and best.pt. The images are taken in the split's order as `utils.data.load_splits` returns it:
+the test set in its file order, the validation split in the order of its seeded draw (so its
+first N are a random sample fixed by the run's seed, the probe batch of `analysis_every`).
+Writes one JSON object (default RUN_DIR/analysis.json) with the keys of an analysis.jsonl
+record - epoch (the best model's), layers, cka, weight_cosine, grad_angle_deg - and split and
+samples.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from ccl.analysis import analyse, probe_batch
+from ccl.cli import resolve_device
+from ccl.run_dir import ANALYSIS_OF_BEST, RunDir
+from ccl.scripts import rebuild
+from utils.errors import ConfigError, UserError
+from utils.io import write_json
+
+PROG = "python -m ccl.analysis"
+DEFAULT_SAMPLES = 1000
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0], allow_abbrev=False)
+    parser.add_argument("run", type=Path, metavar="RUN_DIR")
+    parser.add_argument("--split", choices=("test", "val"), default="test",
+                        help="the images: the test set (default) or the run's validation split")
+    parser.add_argument("--samples", type=int, default=DEFAULT_SAMPLES,
+                        help=f"the first N images of the split (default {DEFAULT_SAMPLES}; all, if it has fewer)")
+    parser.add_argument("--out", type=Path, default=None, help=f"JSON file (default RUN_DIR/{ANALYSIS_OF_BEST})")
+    parser.add_argument("--data_root", type=Path, default=None, help="datasets (default: the run's own)")
+    parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if available)")
+    return parser
+
+
+def best_epoch(run_dir: RunDir, config) -> int | None:
+    """The epoch of best.pt: results.json's, or the checkpoint's for a run that has not ended."""
+    results = run_dir.read_results()
+    if results is not None:
+        return results.get("best_epoch")
+    checkpoint = run_dir.load_checkpoint(config)
+    return checkpoint["best"]["epoch"] if checkpoint and checkpoint.get("best") else None
+
+
+def analyse_best(run_dir: RunDir, split: str, samples: int, data_root: Path | None, device: str) -> dict:
+    if samples < 1:
+        raise ConfigError(f"--samples {samples}: the probe batch needs at least 1 image")
+    experiment = rebuild(run_dir, data_root, device)
+    loader = getattr(experiment.data, split)
+    inputs, targets = probe_batch(loader, samples, experiment.config.seed)
+    return {"epoch": best_epoch(run_dir, experiment.config), "split": split, "samples": len(targets),
+            **analyse(experiment.model, experiment.objective, experiment.rule, inputs, targets)}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    run_dir = RunDir(args.run)
+    try:
+        record = analyse_best(run_dir, args.split, args.samples, args.data_root,
+                              resolve_device(args.device))
+        out = args.out or run_dir / ANALYSIS_OF_BEST
+        write_json(out, record)
+    except UserError as error:
+        print(f"{PROG}: error: {error}", file=sys.stderr)
+        return error.exit_code
+    print(f"analysed the best model (epoch {record['epoch']}) of {args.run} on {record['samples']} "
+          f"{args.split} images -> {out}")
+    return 0

@@ -1,0 +1,5 @@
+import sys
+
+from ccl.figures.cli import main
+
+sys.exit(main())

@@ -1,0 +1,138 @@
+"""`python -m ccl.figures COMMAND ...`: the figures of ccl/figures/__init__.py from run
+directories and grid CSVs (the commands are listed there)."""
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from ccl.cli import resolve_device
+from ccl.figures import (alignment_figure, analysis_records, best_epoch, cka_figure, curves_figure,
+                         default_cka_epochs, first_layer_kernels, grid_figure, kernels_figure,
+                         metrics_rows, read_grid, run_title, save_comparison, save_png,
+                         save_reconstructions, validation_metric)
+from ccl.run_dir import ANALYSIS, BEST, FIGURES, METRICS, RunDir
+from ccl.scripts import rebuild
+from utils.data.recipes import Data
+from utils.errors import ConfigError, UserError
+
+
+def draw_cka(args) -> Path:
+    records = analysis_records(args.run)
+    by_epoch = {record["epoch"]: record for record in records}
+    epochs = args.epochs or default_cka_epochs(list(by_epoch))
+    missing = [epoch for epoch in epochs if epoch not in by_epoch]
+    if missing:
+        raise ConfigError(f"{args.run / ANALYSIS} has no record of epoch "
+                          f"{', '.join(map(str, missing))}; it has epochs {', '.join(map(str, by_epoch))}")
+    figure = cka_figure([by_epoch[epoch] for epoch in epochs], run_title(args.run))
+    return save_png(figure, args.out or args.run / FIGURES["cka"])
+
+
+def draw_alignment(args) -> Path:
+    runs = [(run_title(run), analysis_records(run)) for run in args.runs]
+    return save_png(alignment_figure(runs), args.out or args.runs[0] / FIGURES["alignment"])
+
+
+def draw_kernels(args) -> Path:
+    if args.count < 1:
+        raise ConfigError(f"--count {args.count}: draw at least one kernel")
+    panels = []
+    for run in args.runs:
+        weight, epoch = first_layer_kernels(run), best_epoch(run)
+        panels.append((f"{run_title(run)}\n{BEST}" + (f", epoch {epoch}" if epoch is not None else ""),
+                       weight))
+    return save_png(kernels_figure(panels, args.count), args.out or args.runs[0] / FIGURES["kernels"])
+
+
+def draw_curves(args) -> Path:
+    runs = [(run_title(run), metrics_rows(run)) for run in args.runs]
+    metric = validation_metric(runs[0][1])
+    for run, (_, rows) in zip(args.runs, runs):
+        if metric not in rows[0]:
+            raise ConfigError(f"{run / METRICS} has no {metric}, as the first run's has: draw "
+                              f"curves of runs of one task")
+    return save_png(curves_figure(runs), args.out or args.runs[0] / FIGURES["curves"])
+
+
+def autoencoder_run(run_dir: Path, args) -> tuple[Path, str, torch.nn.Module, Data]:
+    """(run directory, method, best model, data) of an autoencoder run, rebuilt."""
+    config, _ = RunDir(run_dir).saved_config()
+    if config.task != "autoencoder":
+        raise ConfigError(f"{run_dir} is a {config.task} run; {args.command} draws autoencoder "
+                          f"runs (main_ae.py)")
+    experiment = rebuild(RunDir(run_dir), args.data_root, resolve_device(args.device))
+    return run_dir, config.method, experiment.model, experiment.data
+
+
+def draw_reconstructions(args) -> Path:
+    run_dir, _, model, data = autoencoder_run(args.run, args)
+    return save_reconstructions(model, data, run_dir, args.out)
+
+
+def draw_comparison(args) -> Path:
+    return save_comparison([autoencoder_run(run, args) for run in args.runs], args.out)
+
+
+def draw_grid(args) -> Path:
+    cells = read_grid(args.csv)
+    return save_png(grid_figure(cells, args.title or args.csv.stem), args.out or args.csv.with_suffix(".png"))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m ccl.figures",
+                                     description="Figures of runs: CKA, weight and gradient alignment, "
+                                                 "first-layer kernels, training curves, learning-rate grids.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    def command(name, draw, help_text, out_required=False):
+        sub = commands.add_parser(name, help=help_text, description=help_text)
+        sub.add_argument("--out", type=Path, default=None, required=out_required, help="PNG file to write")
+        sub.set_defaults(draw=draw)
+        return sub
+
+    cka = command("cka", draw_cka, "heatmaps of the forward x feedback CKA matrix at chosen epochs")
+    cka.add_argument("run", type=Path, metavar="RUN_DIR")
+    cka.add_argument("--epochs", type=int, nargs="+", default=None, metavar="E",
+                     help="epochs to draw (default: the first, 1, 5 and the last analysed)")
+    alignment = command("alignment", draw_alignment,
+                        "weight cosine and gradient angle per layer over epochs, runs overlaid")
+    alignment.add_argument("runs", type=Path, nargs="+", metavar="RUN_DIR")
+    kernels = command("kernels", draw_kernels, "first-layer conv kernels of runs side by side (e.g. BP, CCL)")
+    kernels.add_argument("runs", type=Path, nargs="+", metavar="RUN_DIR")
+    kernels.add_argument("--count", type=int, default=64, help="kernels per run (default 64)")
+    curves = command("curves", draw_curves, "training and validation loss, validation accuracy or MSE")
+    curves.add_argument("runs", type=Path, nargs="+", metavar="RUN_DIR")
+    grid = command("grid", draw_grid, "mean test accuracy over lr_F x lr_B, seed count per cell")
+    grid.add_argument("csv", type=Path, metavar="GRID_CSV")
+    grid.add_argument("--title", default=None, help="figure title (default: the CSV's name)")
+    reconstructions = command("reconstructions", draw_reconstructions,
+                              "an autoencoder run's reconstructions.png, drawn again from its best model")
+    reconstructions.add_argument("run", type=Path, metavar="RUN_DIR")
+    compare = command("compare", draw_comparison,
+                      "test images and the reconstructions of several autoencoder runs (e.g. BP, CCL)",
+                      out_required=True)  # a comparison belongs to no one run directory
+    compare.add_argument("runs", type=Path, nargs="+", metavar="RUN_DIR")
+    for sub in (reconstructions, compare):
+        sub.add_argument("--data_root", type=Path, default=None, help="datasets (default: each run's own)")
+        sub.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if available)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        out = args.draw(args)
+    except UserError as error:
+        print(f"{parser.prog}: error: {error}", file=sys.stderr)
+        return error.exit_code
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
