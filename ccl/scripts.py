@@ -112,17 +112,18 @@ BY_CONFIG_FOLDER = {"mlp": MLP, "cnn": CNN, "cnn_ae": AUTOENCODER}
 BY_PROG = {script.prog: script for script in BY_CONFIG_FOLDER.values()}
 
 
-def rebuild(run_dir: RunDir, data_root: Path | None, device: str) -> Experiment:
+def rebuild(run_dir: RunDir, data_root: Path | None, device: str, best: bool = True) -> Experiment:
     """The experiment of a run directory, on `device`, its model holding the best epoch's
-    weights: the script and config that config.yaml names, the data from `data_root` (default:
-    the run's own)."""
+    weights (`best=False`: the initial ones, as the run drew them from its seed): the script
+    and config that config.yaml names, the data from `data_root` (default: the run's own)."""
     config, run = run_dir.saved_config()
     script = BY_PROG.get(run.get("script"))
     if script is None:
         raise RunDirError(f"{run_dir / CONFIG} names the script {run.get('script')!r}, which is none "
                           f"of {', '.join(BY_PROG)}")
-    weights = run_dir.load_best(device)
+    weights = run_dir.load_best(device) if best else None
     root = Path(data_root or run.get("data_root") or DEFAULT_DATA_ROOT)
     experiment = build(script, config, load_splits(config.dataset, root, config.seed).to(device), device)
-    experiment.model.load_state_dict(weights)
+    if weights is not None:
+        experiment.model.load_state_dict(weights)
     return experiment

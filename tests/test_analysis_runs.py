@@ -160,3 +160,15 @@ def test_a_zero_feedback_learning_rate_freezes_the_feedback_network():
     for name in feedback:
         assert torch.equal(now[name].view(torch.int32), initial[name].view(torch.int32)), name
     assert not torch.equal(now["layer1.fwd.weight"], initial["layer1.fwd.weight"])
+
+
+def test_the_best_models_analysis_says_how_far_each_weight_moved(tiny_mnist, tmp_path):
+    """analysis.json's weight_change: ||W - W_0|| / ||W_0|| against the initial weights the run
+    drew from its seed; BP's feedback network never trains, so its changes are exactly 0."""
+    from ccl.analysis.cli import main as analysis_main
+    out = tmp_path / "bp"
+    assert run_mlp("--yaml", str(REPO / "yaml/mlp/mnist_bp.yaml"), "--data_root", str(tiny_mnist[0]),
+                   "--epochs", "1", "--out_dir", str(out)) == 0
+    assert analysis_main([str(out), "--device", "cpu"]) == 0
+    change = json.loads((out / "analysis.json").read_text())["weight_change"]
+    assert change["bwd"] == [0.0] * 6 and all(value > 0 for value in change["fwd"])

@@ -223,6 +223,19 @@ def gradient_angles(model, objective, rule: Rule, inputs: torch.Tensor,
 
 
 # --- one record ----------------------------------------------------------------------------
+@torch.no_grad()
+def weight_changes(model, initial: list[dict]) -> dict[str, list[float | None]]:
+    """How far each layer's forward and feedback weight moved from `initial` (each layer's
+    state_dict then): ||W - W_0|| / ||W_0||, in float64; null where W_0 is all zero."""
+    def change(now: torch.Tensor, then: torch.Tensor) -> float | None:
+        now, then = now.double(), then.double()
+        return _json_number(float((now - then).norm() / then.norm()) if then.norm() > 0 else math.nan)
+
+    return {side: [change(getattr(layer, side).weight, state[f"{side}.weight"])
+                   for layer, state in zip(model.layers, initial, strict=True)]
+            for side in ("fwd", "bwd")}
+
+
 def _json_number(value: float) -> float | None:
     return float(value) if math.isfinite(value) else None
 

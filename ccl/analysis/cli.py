@@ -9,8 +9,10 @@ and best.pt. The images are taken in the split's order as `utils.data.load_split
 the test set in its file order, the validation split in the order of its seeded draw (so its
 first N are a random sample fixed by the run's seed, the probe batch of `analysis_every`).
 Writes one JSON object (default RUN_DIR/analysis.json) with the keys of an analysis.jsonl
-record - epoch (the best model's), layers, cka, weight_cosine, grad_angle_deg - and split and
-samples.
+record - epoch (the best model's), layers, cka, weight_cosine, grad_angle_deg - and split,
+samples, and `weight_change`: how far training moved each layer's forward and feedback weight
+from the initial one the run drew from its seed, ||W - W_0|| / ||W_0|| (0 exactly for a network
+that never trained, e.g. the feedback network of BP or of `lr_B: 0`).
 """
 from __future__ import annotations
 
@@ -19,9 +21,9 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from ccl.analysis import analyse, probe_batch
+from ccl.analysis import analyse, probe_batch, weight_changes
 from ccl.cli import resolve_device
-from ccl.run_dir import ANALYSIS_OF_BEST, RunDir
+from ccl.run_dir import ANALYSIS_OF_BEST, PRIMARY_SELECTION, RunDir
 from ccl.scripts import rebuild
 from utils.errors import ConfigError, UserError
 from utils.io import write_json
@@ -49,17 +51,22 @@ def best_epoch(run_dir: RunDir, config) -> int | None:
     if results is not None:
         return results.get("best_epoch")
     checkpoint = run_dir.load_checkpoint(config)
-    return checkpoint["best"]["epoch"] if checkpoint and checkpoint.get("best") else None
+    best = (checkpoint or {}).get("best") or {}
+    return best.get(PRIMARY_SELECTION, best).get("epoch")  # before the selections: one record
 
 
 def analyse_best(run_dir: RunDir, split: str, samples: int, data_root: Path | None, device: str) -> dict:
     if samples < 1:
         raise ConfigError(f"--samples {samples}: the probe batch needs at least 1 image")
-    experiment = rebuild(run_dir, data_root, device)
+    experiment = rebuild(run_dir, data_root, device, best=False)
+    initial = [layer.state_dict() for layer in experiment.model.layers]
+    initial = [{name: value.clone() for name, value in state.items()} for state in initial]
+    experiment.model.load_state_dict(run_dir.load_best(device))
     loader = getattr(experiment.data, split)
     inputs, targets = probe_batch(loader, samples, experiment.config.seed)
     return {"epoch": best_epoch(run_dir, experiment.config), "split": split, "samples": len(targets),
-            **analyse(experiment.model, experiment.objective, experiment.rule, inputs, targets)}
+            **analyse(experiment.model, experiment.objective, experiment.rule, inputs, targets),
+            "weight_change": weight_changes(experiment.model, initial)}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
