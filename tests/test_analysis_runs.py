@@ -102,7 +102,7 @@ def test_analyse_the_best_model_of_a_run(tiny_mnist, analysed, tmp_path, capsys)
     assert analysis_main([str(analysed), "--device", "cpu", "--samples", "7"]) == 0
     record = json.loads((analysed / "analysis.json").read_text())
     results = json.loads((analysed / "results.json").read_text())
-    assert set(record) == ANALYSIS_KEYS | {"split", "samples"}
+    assert set(record) == ANALYSIS_KEYS | {"split", "samples", "weight_change"}
     assert (record["epoch"], record["split"], record["samples"]) == (results["best_epoch"], "test", 7)
     assert f"-> {analysed / 'analysis.json'}" in capsys.readouterr().out
 
