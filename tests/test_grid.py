@@ -88,7 +88,21 @@ def test_table_without_config_takes_every_config_with_the_keys(grid_runs, tmp_pa
     (["table", "--grid", "lr_F", "lr_X"], "--grid lr_X: not a config key"),
     (["table", "--grid", "loss_scale_C"], "sets loss_scale_C in its directory name"),
     (["table", "yaml/mlp/mnist_ccl.yaml"], "table takes config files with --grid only"),
+    (["table", "--split", "val"], "--split applies to the --grid tables"),
 ])
 def test_bad_grid_tables(grid_runs, capsys, argv, message):
     assert main([*argv, "--runs_root", str(grid_runs)]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_a_grid_of_validation_accuracies_leaves_the_test_set_alone(tmp_path, capsys):
+    """--split val: the validation accuracy of the model each run kept (results.json's val_acc),
+    to choose a setting without looking at the test set."""
+    root = tmp_path / "runs"
+    for lr, val, test in ((0.1, 0.93, 0.5), (1.0, 0.80, 0.99)):
+        write_results(root, f"mlp/mnist_fa-epochs=10-lr_F={lr}", 2023, val_acc=val, test_acc=test)
+    assert main(["table", "--grid", "lr_F", "--split", "val", "--runs_root", str(root)]) == 0
+    written = capsys.readouterr().out.split()
+    assert written == [str(root / "tables/grid_lr_F_mlp_mnist_fa-epochs=10-val.csv")]
+    rows = list(csv.DictReader(Path(written[0]).read_text().splitlines()))
+    assert [(r["lr_F"], r["mean"]) for r in rows] == [("0.1", "93.0"), ("1", "80.0")]

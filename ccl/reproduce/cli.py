@@ -86,6 +86,9 @@ def build_parser() -> argparse.ArgumentParser:
                             "of the runs that set these keys: one row per combination of their "
                             "values, with mean, std and n of the test metric (the columns "
                             "`python -m ccl.figures grid` reads)")
+    table.add_argument("--split", choices=("test", "val"), default="test",
+                       help="with --grid: the test metric of the model each run kept (default), or "
+                            "its validation metric (val): to choose settings without the test set")
     table.add_argument("--runs_root", type=Path, default=DEFAULT_RUNS_ROOT,
                        help=f"the run directories (default {DEFAULT_RUNS_ROOT})")
     table.add_argument("--select", choices=(*SELECTIONS, "all"), default="val_loss",
@@ -223,7 +226,7 @@ def grid_command(args: argparse.Namespace, results_dir: Path) -> int:
         if name not in KEYS:
             raise ConfigError(f"--grid {name}: not a config key{closest(name, KEYS)}")
     configs = [f"{Path(config).parent.name}/{Path(config).stem}" for config in args.configs]
-    for path in write_grid_tables(args.runs_root, args.grid, configs, results_dir):
+    for path in write_grid_tables(args.runs_root, args.grid, configs, results_dir, args.split):
         print(path)
     return 0
 
@@ -244,6 +247,8 @@ def main(argv: Sequence[str] | None = None, launcher: Sequence[str] = (sys.execu
             return grid_command(args, results_dir)
         if args.configs:
             raise ConfigError(f"table takes config files with --grid only (got {args.configs[0]})")
+        if args.split != "test":
+            raise ConfigError("--split applies to the --grid tables; the paper's tables are of the test set")
         print(write_tables(args.runs_root, results_dir, args.select))
         print(f"\nCSV files in {results_dir}/", file=sys.stderr)
         return 0

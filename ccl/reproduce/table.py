@@ -301,15 +301,18 @@ def grid_cells(runs_root: Path, keys: Sequence[str], configs: Sequence[str]
     return grids
 
 
-def grid_csv(keys: Sequence[str], cells: dict[tuple[float, ...], list[dict]], table: Table) -> str:
+def grid_csv(keys: Sequence[str], cells: dict[tuple[float, ...], list[dict]], table: Table,
+             split: str = "test") -> str:
     """One row per cell: the keys' values, then mean, sample std (empty when n < 2) and n of the
-    finished runs' test metric in the table's unit (accuracy in %), and the diverged runs."""
+    finished runs' metric in the table's unit (accuracy in %), and the diverged runs. The metric
+    is the test metric of the model each run kept, or (`split` val) that model's validation
+    metric: what a choice of settings may look at without touching the test set."""
     stream = io.StringIO()
     writer = csv.writer(stream, lineterminator="\n")
     writer.writerow([*keys, *GRID_STATISTICS])
     for values in sorted(cells):
         runs = cells[values]
-        metric = [r[f"test_{table.metric}"] * table.scale for r in runs if r["status"] == "finished"]
+        metric = [r[f"{split}_{table.metric}"] * table.scale for r in runs if r["status"] == "finished"]
         # 4 decimals: the accuracies are float32 fractions, their last digits are noise
         mean = round(statistics.fmean(metric), 4) if metric else ""
         std = round(statistics.stdev(metric), 4) if len(metric) >= 2 else ""
@@ -319,9 +322,10 @@ def grid_csv(keys: Sequence[str], cells: dict[tuple[float, ...], list[dict]], ta
 
 
 def write_grid_tables(runs_root: Path, keys: Sequence[str], configs: Sequence[str],
-                      results_dir: Path) -> list[Path]:
+                      results_dir: Path, split: str = "test") -> list[Path]:
     """One CSV per (config, other overrides) of the runs that set the grid keys:
-    `grid_<keys>_<folder>_<config name><-other overrides>.csv` in results_dir."""
+    `grid_<keys>_<folder>_<config name><-other overrides>[-val].csv` in results_dir (-val: of
+    the validation metric)."""
     grids = grid_cells(runs_root, keys, configs)
     if not grids:
         scope = f" of {', '.join(configs)}" if configs else ""
@@ -331,7 +335,8 @@ def write_grid_tables(runs_root: Path, keys: Sequence[str], configs: Sequence[st
     written = []
     for (config, others), cells in sorted(grids.items()):
         folder, stem = config.split("/")
-        path = Path(results_dir) / f"grid_{'_'.join(keys)}_{folder}_{stem}{others}.csv"
-        write_text(path, grid_csv(keys, cells, TABLES[TABLE_OF_FOLDER[folder]]))
+        suffix = "" if split == "test" else f"-{split}"
+        path = Path(results_dir) / f"grid_{'_'.join(keys)}_{folder}_{stem}{others}{suffix}.csv"
+        write_text(path, grid_csv(keys, cells, TABLES[TABLE_OF_FOLDER[folder]], split))
         written.append(path)
     return written
