@@ -167,7 +167,7 @@ def draw_projection(num_classes: int, size: int, generator: torch.Generator) -> 
     Linear(D, C), the map from the hidden layer straight to the output that a direct rule acts
     as if it had. The top hidden layer's signal e @ B then has the distribution of backprop's
     e @ W at initialisation, so the rules start at BP's scale under BP's learning rate and
-    gradient clip (docs/baselines_sweep.md)."""
+    gradient clip (docs/REPRODUCTION.md, "The baselines")."""
     bound = 1 / math.sqrt(size)
     return torch.empty(num_classes, size).uniform_(-bound, bound, generator=generator)
 

@@ -21,7 +21,8 @@ import pytest
 
 import ccl.experiment as experiment
 import models.autoencoder
-from ccl import figures
+from ccl.analysis.cli import main as analysis_main
+from ccl.figures.cli import main as figures_main
 from ccl.bench.cli import main as bench_main
 from ccl.reproduce.cli import main as reproduce_main
 from ccl.scripts import AUTOENCODER, CNN, MLP
@@ -30,7 +31,7 @@ from tiny_data import write_cifar10, write_cifar100, write_idx_dataset, write_st
 from utils.data.prepare import main as prepare_main
 
 DOCUMENTS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
-PROGRAM = re.compile(r"(python3?|torchrun|pip|bash|nohup|CCL_TEST_COMPILE=1)\b")
+PROGRAM = re.compile(r"(python3?|torchrun|pip|bash|nohup|OMP_NUM_THREADS=\d+|CCL_TEST_COMPILE=1)\b")
 
 EPOCH = "--epochs 1 --train_batches_per_epoch 2 --device cpu"
 CNN_EPOCH = f"{EPOCH} --batchsize 8"
@@ -38,7 +39,9 @@ AE_EPOCH = "--epochs 1 --train_batches_per_epoch 1 --batchsize 2 --device cpu"
 RUNNER_EPOCH = "--seeds 2023 --epochs 1 --train_batches_per_epoch 2 --devices cpu"
 
 # documented command -> the words appended to run it here, in this order (later commands read
-# what earlier ones wrote, e.g. the tables and figures read the runs)
+# what earlier ones wrote, e.g. the tables and figures read the runs). A grid is shortened to one
+# of its cells (a second --grid replaces the first), so its run directories keep their names.
+ONE_CELL = "--grid lr_F=0.8 lr_B=0 --seeds 2023"
 SHORTENED = {
     "python prepare_data.py MNIST": "",
     "python prepare_data.py MNIST FashionMNIST": "",
@@ -49,43 +52,116 @@ SHORTENED = {
     "python main_class_mlp.py --yaml yaml/mlp/mnist_ccl.yaml --lr_F 0.5 --lr_B 0.2 --loss_scale_C 1": EPOCH,
     "python main_class_mlp.py --yaml yaml/mlp/mnist_fa.yaml": EPOCH,
     "python main_class_mlp.py --help": "",
+    "python main_class_mlp.py --yaml yaml/mlp/mnist_ccl.yaml --data_root data --device cpu --epochs 3": EPOCH,
+    "python main_class_mlp.py --yaml yaml/mlp/mnist_ccl.yaml --data_root data --device cpu --epochs 3 "
+    "--precision bf16": EPOCH,
     "python main_class_cnn.py --yaml yaml/cnn/cifar10_ccl.yaml": CNN_EPOCH,
     "python main_class_cnn.py --yaml yaml/cnn/cifar10_bp_pool.yaml": CNN_EPOCH,
+    "python main_class_cnn.py --yaml yaml/cnn/mnist_ccl.yaml --data_root data --device cpu --epochs 5": CNN_EPOCH,
+    "python main_class_cnn.py --yaml yaml/cnn/mnist_ccl.yaml --data_root data --device cpu --epochs 5 "
+    "--fused_pair_loss 1": CNN_EPOCH,
     "python main_ae.py --yaml yaml/cnn_ae/stl10_ccl_legacy.yaml": AE_EPOCH,
     "python main_ae.py --yaml yaml/cnn_ae/stl10_ccl_legacy.yaml --task_transform rot90": AE_EPOCH,
+    # docs/ANALYSES.md: the analysed runs, their figures and the analysis of their best models
+    "python main_class_mlp.py --yaml yaml/mlp/mnist_ccl.yaml --epochs 20 --analysis_every 1 --data_root data "
+    "--device cpu --out_dir runs/analyses/mlp_mnist_ccl": EPOCH,
+    "python main_class_mlp.py --yaml yaml/mlp/mnist_bp.yaml --epochs 20 --analysis_every 1 --data_root data "
+    "--device cpu --out_dir runs/analyses/mlp_mnist_bp": EPOCH,
+    "python -m ccl.figures cka runs/analyses/mlp_mnist_ccl --out docs/figures/mlp_mnist_ccl_cka.png": "",
+    "python -m ccl.figures cka runs/analyses/mlp_mnist_bp --out docs/figures/mlp_mnist_bp_cka.png": "",
+    "python -m ccl.figures alignment runs/analyses/mlp_mnist_ccl runs/analyses/mlp_mnist_bp "
+    "--out docs/figures/mlp_mnist_alignment.png": "",
+    "python -m ccl.figures curves runs/analyses/mlp_mnist_ccl runs/analyses/mlp_mnist_bp "
+    "--out docs/figures/mlp_mnist_curves.png": "",
+    "python -m ccl.analysis runs/analyses/mlp_mnist_ccl --device cpu --data_root data": "",
+    "python -m ccl.analysis runs/analyses/mlp_mnist_bp --device cpu --data_root data": "",
+    "python main_class_cnn.py --yaml yaml/cnn/mnist_ccl.yaml --epochs 5 --analysis_every 1 --data_root data "
+    "--device cpu --out_dir runs/analyses/cnn_mnist_ccl": CNN_EPOCH,
+    "python main_class_cnn.py --yaml yaml/cnn/mnist_bp.yaml --epochs 5 --analysis_every 1 --data_root data "
+    "--device cpu --out_dir runs/analyses/cnn_mnist_bp": CNN_EPOCH,
+    "python -m ccl.figures kernels runs/analyses/cnn_mnist_bp runs/analyses/cnn_mnist_ccl "
+    "--out docs/figures/cnn_mnist_kernels.png": "",
+    "python -m ccl.figures cka runs/analyses/cnn_mnist_ccl --out docs/figures/cnn_mnist_ccl_cka.png": "",
+    "python -m ccl.figures cka runs/analyses/cnn_mnist_bp --out docs/figures/cnn_mnist_bp_cka.png": "",
+    "python -m ccl.figures alignment runs/analyses/cnn_mnist_ccl runs/analyses/cnn_mnist_bp "
+    "--out docs/figures/cnn_mnist_alignment.png": "",
+    "python -m ccl.analysis runs/analyses/cnn_mnist_bp --device cpu --data_root data": "",
+    "python -m ccl.analysis runs/analyses/cnn_mnist_ccl --device cpu --data_root data": "",
+    "python -m ccl.reproduce run yaml/mlp/mnist_ccl.yaml --grid lr_F=0.05,0.1,0.2,0.4,0.8 "
+    "lr_B=0,0.05,0.1,0.2,0.4,0.8 --seeds 2023 2024 2025 --epochs 20 --jobs 1 --threads 1 --devices cpu "
+    "--data_root data --runs_root runs/grid": ONE_CELL,
+    "python -m ccl.reproduce table yaml/mlp/mnist_ccl.yaml --grid lr_F lr_B --runs_root runs/grid": "",
+    'python -m ccl.figures grid "runs/grid/tables/grid_lr_F_lr_B_mlp_mnist_ccl-epochs=20.csv" --title '
+    '"mlp/mnist_ccl, 20 epochs (shortened from 100), seeds 2023-2025" --out docs/figures/mlp_mnist_ccl_lr_grid.png': "",
+    'python -m ccl.analysis "runs/grid/mlp/mnist_ccl-epochs=20-lr_B=0.0-lr_F=0.8/seed2023" --device cpu '
+    '--data_root data': "",
+    # docs/REPRODUCTION.md and README: the runner and the tables
     "python -m ccl.reproduce run --table table1 --data_root data": "--dry_run",
     "python -m ccl.reproduce run yaml/mlp/mnist_bp.yaml yaml/mlp/mnist_ccl.yaml yaml/mlp/fmnist_bp.yaml "
     "yaml/mlp/fmnist_ccl.yaml --data_root data --devices cpu --jobs 2": "--dry_run",
+    "python -m ccl.reproduce run yaml/mlp/mnist_fa.yaml yaml/mlp/mnist_dfa.yaml yaml/mlp/mnist_drtp.yaml "
+    "yaml/mlp/fmnist_fa.yaml yaml/mlp/fmnist_dfa.yaml yaml/mlp/fmnist_drtp.yaml --data_root data --devices cpu "
+    "--jobs 2": "--dry_run",
     "python -m ccl.reproduce run yaml/mlp/cifar10_bp.yaml yaml/mlp/cifar10_ccl.yaml yaml/mlp/cifar100_bp.yaml "
     "yaml/mlp/cifar100_ccl.yaml --data_root data": f"{RUNNER_EPOCH} --dry_run",
     "python -m ccl.reproduce run yaml/mlp/mnist_ccl.yaml yaml/mlp/mnist_bp.yaml --seeds 2023 2024 "
     "--epochs 1 --jobs 2 --devices cpu --data_root data": "--train_batches_per_epoch 2",
+    "python -m ccl.reproduce run yaml/mlp/mnist_bp.yaml yaml/mlp/mnist_fa.yaml yaml/mlp/mnist_dfa.yaml "
+    "yaml/mlp/mnist_drtp.yaml yaml/mlp/fmnist_bp.yaml yaml/mlp/fmnist_fa.yaml yaml/mlp/fmnist_dfa.yaml "
+    "yaml/mlp/fmnist_drtp.yaml --grid lr_F=0.03,0.1,0.3,1 --seeds 2023 --epochs 10 --threads 1 --devices cpu "
+    "--data_root data --runs_root runs/sweep": "--dry_run",
+    "python -m ccl.reproduce run yaml/mlp/mnist_drtp.yaml --act_F elu --grid lr_F=0.03,0.1,0.3,1 --seeds 2023 "
+    "--epochs 10 --threads 1 --devices cpu --data_root data --runs_root runs/sweep": "--grid lr_F=1",
+    "python -m ccl.reproduce table --grid lr_F --split val --runs_root runs/sweep": "",
     "python -m ccl.reproduce table": "",
     "python -m ccl.reproduce table --select all": "",
+    # the benchmark, on the CPU
     "python -m ccl.bench --device cpu --data_root data --json runs/bench_cpu.json":
         "--quick --archs mlp_mnist cnn_pool",
     "python -m ccl.bench --device cpu --archs cnn cnn_pool --no_pipeline --fused_pair_loss 1 --profile": "--quick",
-    "python -m ccl.bench --flops": "--archs mlp_mnist --device cpu",
+    "python -m ccl.bench --flops --device cpu --json runs/flops.json": "--archs mlp_mnist",
 }
 
 NEEDS_CUDA = "needs a CUDA GPU (tests/test_cuda.py runs the CUDA paths where one is)"
 COMPILES = "compiles for minutes on a CPU (tests/test_acceleration.py covers compile: CCL_TEST_COMPILE=1)"
-HOURS = "trains for hours; its shortened forms run above, and the runner is tested in tests/test_reproduce.py"
+PROSE = "names a program (or a template of its command) in prose; its commands run above"
+TORCHRUN = "starts several processes; tests/test_distributed.py runs 2-process runs of the same kind"
+SLURM = "needs a Slurm cluster (sbatch); tests/test_cluster.py runs sweeps through submitit's local executor"
+CIFAR_GRID = ("the CIFAR-10 MLP's 20 checkpoints of 40 MB take half a minute even on tiny files; "
+              "the same three commands run above on MNIST")
 NOT_RUN = {
+    "python -m ccl.reproduce run yaml/mlp/cifar10_ccl.yaml --grid lr_F=0.05,0.1,0.2,0.4,0.8 "
+    "lr_B=0,0.05,0.1,0.2,0.4,0.8 --seeds 2023 2024 2025 --epochs 20 --data_root data --runs_root runs/grid":
+        CIFAR_GRID,
+    "python -m ccl.reproduce table yaml/mlp/cifar10_ccl.yaml --grid lr_F lr_B --runs_root runs/grid": CIFAR_GRID,
+    'python -m ccl.figures grid "runs/grid/tables/grid_lr_F_lr_B_mlp_cifar10_ccl-epochs=20.csv" --title '
+    '"CIFAR-10 MLP, CCL, 20 epochs"': CIFAR_GRID,
     "pip install -r requirements.txt": "installs packages: CI runs it before the tests",
     "pip install -r requirements-dev.txt": "installs packages: CI runs it before the tests",
+    "pip install": PROSE,
     "python -m pytest": "is this test suite",
     'python -m pytest -m "not slow"': "is this test suite's fast lane",
-    "python main_class_mlp.py --resume RUN_DIR": "a template (RUN_DIR); resume is tested in tests/test_resume.py",
-    "python -m ccl.bench": "the program's name in prose; its forms are run above",
-    "python -m ccl.reproduce run": "the program's name in prose; its forms are run above",
-    "python -m ccl.reproduce table [--runs_root runs/reproduce] [--results_dir results]":
-        "a synopsis of optional flags; `python -m ccl.reproduce table` runs above",
-    "python -m ccl.reproduce run CONFIG... [--table table1|table3|autoencoder ...] [--seeds S ...] "
-    "[--jobs N] [--devices D ...] [--threads T] [--runs_root DIR] [--data_root DIR] [--dry_run] "
-    "[--KEY VALUE ...]": "a synopsis with placeholders; its concrete forms run above",
+    "python main_class_mlp.py --resume RUN_DIR": PROSE,
+    "python -m ccl.bench": PROSE,
+    "python -m ccl.bench --flops": PROSE,
+    "python -m ccl.reproduce run": PROSE,
+    "python -m ccl.reproduce run CONFIG --grid lr_F=... lr_B=...": PROSE,
+    "python -m ccl.reproduce table --select": PROSE,
+    "python -m ccl.reproduce run --table ...": PROSE,
+    "python -m ccl.reproduce.job": PROSE,
+    "python -m ccl.analysis RUN_DIR": PROSE,
+    "python -m ccl.figures": PROSE,
+    "python -m ccl.figures reconstructions": PROSE,
+    "python -m ccl.figures COMMAND RUN_DIR": PROSE,
+    "python -m ccl.figures grid CSV": PROSE,
+    "python -m ccl.distributed.check CONFIG... --processes 2": PROSE,
+    "python -m torch.distributed.run": PROSE,
+    "OMP_NUM_THREADS=1 python -m ccl.distributed.check ... --device cpu": PROSE,
+    "torchrun": PROSE,
     "python -m ccl.figures compare runs/cnn_ae/stl10_bp_legacy/seed2023 runs/cnn_ae/stl10_ccl_legacy/seed2023 "
-    "--out runs/bp_vs_ccl.png": "draws two full STL-10 runs; tests/test_figures.py runs compare on tiny runs",
+    "--out runs/bp_vs_ccl.png": "draws two full STL-10 runs; tests/test_e2e_ae.py draws compare from tiny runs",
+    "python main_class_mlp.py --yaml yaml/mlp/mnist_ccl.yaml --data_root data --device cpu --epochs 3 "
+    "--compile 1": COMPILES,
     "python -m ccl.bench --device cuda --json runs/bench.json": NEEDS_CUDA,
     "python -m ccl.bench --device cuda --profile": NEEDS_CUDA,
     "python -m ccl.bench --device cuda --epoch yaml/cnn/cifar10_ccl.yaml": NEEDS_CUDA,
@@ -101,6 +177,16 @@ NOT_RUN = {
     "python -m ccl.bench --device cuda --numerics --precision bf16 --archs mlp_mnist mlp_cifar10 cnn cnn_pool":
         NEEDS_CUDA,
     "python -m ccl.bench --device cuda --numerics --fused_pair_loss 1 --archs cnn cnn_pool": NEEDS_CUDA,
+    "python main_class_mlp.py --yaml yaml/mlp/mnist_ccl.yaml --data_root data --epochs 3 --device cuda": NEEDS_CUDA,
+    "python main_class_mlp.py --yaml yaml/mlp/mnist_ccl.yaml --data_root data --epochs 3 --device cuda "
+    "--compile 1": NEEDS_CUDA,
+    "python main_class_mlp.py --yaml yaml/mlp/mnist_ccl.yaml --data_root data --epochs 3 --device cuda "
+    "--precision bf16": NEEDS_CUDA,
+    "python main_class_cnn.py --yaml yaml/cnn/mnist_ccl.yaml --data_root data --epochs 3 --device cuda": NEEDS_CUDA,
+    "python main_class_cnn.py --yaml yaml/cnn/mnist_ccl.yaml --data_root data --epochs 3 --device cuda "
+    "--compile 1": NEEDS_CUDA,
+    "python main_class_cnn.py --yaml yaml/cnn/mnist_ccl.yaml --data_root data --epochs 3 --device cuda "
+    "--precision bf16": NEEDS_CUDA,
     "python -m ccl.bench --device cpu --numerics --compile 1 --archs mlp_mnist mlp_cifar10 cnn cnn_pool": COMPILES,
     "python -m ccl.bench --device cpu --numerics --precision bf16 --archs mlp_mnist mlp_cifar10 cnn cnn_pool":
         "ten steps of every architecture in bfloat16 on a CPU without native bfloat16 (minutes); "
@@ -113,6 +199,18 @@ NOT_RUN = {
     "python -m ccl.reproduce run yaml/cnn/cifar10_bp.yaml yaml/cnn/cifar10_ccl.yaml yaml/cnn/cifar100_bp.yaml "
     "yaml/cnn/cifar100_ccl.yaml --data_root data --devices cuda:0 --jobs 2": NEEDS_CUDA,
     "python -m ccl.reproduce run --table autoencoder --data_root data --devices cuda:0": NEEDS_CUDA,
+    "torchrun --standalone --nproc_per_node 4 main_class_cnn.py --yaml yaml/cnn/cifar10_ccl.yaml": NEEDS_CUDA,
+    "torchrun --nnodes 2 --nproc_per_node 4 --rdzv_backend c10d --rdzv_endpoint HOST:29500 --rdzv_id ccl "
+    "main_class_cnn.py --yaml yaml/cnn/cifar10_ccl.yaml --out_dir /shared/runs/cifar10_ccl":
+        "needs two GPU nodes (a template: HOST)",
+    "OMP_NUM_THREADS=1 torchrun --standalone --nproc_per_node 2 main_class_mlp.py --yaml yaml/mlp/mnist_ccl.yaml "
+    "--device cpu": TORCHRUN,
+    "torchrun --standalone --nproc_per_node 4 main_class_cnn.py --resume runs/cnn/cifar10_ccl/seed2023": NEEDS_CUDA,
+    "python -m ccl.distributed.check yaml/cnn/cifar10_ccl.yaml --processes 2 --device cuda --sizes 45000 5000 "
+    "10000 --epochs 2": NEEDS_CUDA,
+    "python -m ccl.reproduce run --table table1 --executor slurm --slurm_partition gpu --slurm_gpus_per_job 1 "
+    "--slurm_cpus_per_job 4 --slurm_time 240 --slurm_array_parallelism 40": SLURM,
+    "python -m ccl.reproduce run --table table1 --executor slurm --slurm_partition gpu --dry_run": SLURM,
 }
 
 
@@ -179,7 +277,8 @@ def program(words: list[str], checksum_file: Path):
         ("python", "prepare_data.py"): prepare_main,
         ("python", "-m", "ccl.reproduce"): lambda argv: reproduce_main(argv, launcher=launcher),
         ("python", "-m", "ccl.bench"): bench_main,
-        ("python", "-m", "ccl.figures"): figures.main,
+        ("python", "-m", "ccl.figures"): figures_main,
+        ("python", "-m", "ccl.analysis"): analysis_main,
     }
     for prefix, function in programs.items():
         if tuple(words[:len(prefix)]) == prefix:

@@ -5,7 +5,7 @@ convolutions only (2 FLOPs per multiply-add): activations, normalisation, softma
 optimizer's elementwise update count 0. The step is the trainer's: the rule's loss (forward,
 feedback, layer losses) and its backward pass, then the update (centralisation, clipping, both
 SGD steps), counted apart. The MLPs run at the paper's batch of 32, the CNNs at their configs'.
-Why each number is what it is: docs/baselines_sweep.md, "FLOPs".
+Why each number is what it is: docs/REPRODUCTION.md, "Table 2".
 """
 from __future__ import annotations
 
