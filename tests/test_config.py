@@ -4,6 +4,7 @@ ignore draw a one-line warning. The property tests stop at the training itself (
 replaced), so they check every parse and validation path quickly."""
 import contextlib
 import io
+import re
 import subprocess
 import sys
 from dataclasses import replace
@@ -324,3 +325,29 @@ def test_a_real_process_prints_no_traceback_for_a_bad_flag():
     assert done.returncode == 2
     assert done.stderr == "main_class_mlp.py: error: unknown flag --lr-F (did you mean --lr_F?); " \
                           "see --help for every flag\n"
+
+
+def test_the_allowed_values_are_the_registries_names():
+    """One source: registering a rule, architecture, activation, dataset or task transform makes
+    it a valid value of its key (config files, flags, --help)."""
+    from ccl.rules import RULES
+    from models import ARCHITECTURES
+    from models.layers import ACTIVATIONS
+    from utils.data.datasets import SOURCE_OF
+    from utils.data.task_transforms import TASK_TRANSFORMS
+    assert KEYS["method"].choices == tuple(RULES)
+    assert KEYS["architecture"].choices == tuple(ARCHITECTURES)
+    assert KEYS["act_F"].choices == KEYS["act_B"].choices == tuple(ACTIVATIONS)
+    assert KEYS["dataset"].choices == tuple(SOURCE_OF)
+    assert KEYS["task_transform"].choices == ("none", *TASK_TRANSFORMS)
+
+
+def test_library_code_never_imports_an_entry_script():
+    """The entry scripts are the top of the code: ccl/, models/ and utils/ use the declarations
+    in ccl/scripts.py, never main_*.py (by import or importlib)."""
+    for folder in ("ccl", "models", "utils"):
+        for path in (REPO / folder).rglob("*.py"):
+            text = path.read_text()
+            for name in ("main_class_mlp", "main_class_cnn", "main_ae"):
+                assert not re.search(rf"(import\s+{name}\b|from\s+{name}\s+import|import_module\([^)]*{name})",
+                                     text), (path, name)

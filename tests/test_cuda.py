@@ -114,3 +114,18 @@ def test_a_run_stopped_on_cuda_resumes_there(tiny_mnist, tmp_path, monkeypatch):
     for row, expected in zip(rows, reference_rows, strict=True):
         assert row == pytest.approx(expected, rel=1e-5)
     assert results["test_acc"] == pytest.approx(reference_results["test_acc"], abs=1e-3)
+
+
+@pytest.mark.parametrize("config", ["cifar10_ccl", "cifar10_bp"])
+def test_deterministic_cuda_runs_repeat_to_the_bit(tiny_cnn_data, tmp_path, config):
+    """deterministic: 1 makes cuDNN and cuBLAS pick deterministic kernels: the same CNN run twice
+    (pooled CCL, strided BP with BatchNorm) gives the same metrics to the last bit."""
+    from runs import outcome
+    outcomes = []
+    for name in ("first", "second"):
+        out = tmp_path / name
+        assert experiment.main(CNN, [
+            "--yaml", str(REPO / f"yaml/cnn/{config}.yaml"), "--data_root", str(tiny_cnn_data[0]),
+            "--out_dir", str(out), "--deterministic", "1", *QUICK]) == 0
+        outcomes.append(outcome(out))
+    assert outcomes[0] == outcomes[1]
