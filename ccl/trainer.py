@@ -160,7 +160,8 @@ class Trainer:
         self.progress = Progress()
         self.history: list[dict] = []
         self.best: dict[str, dict] = {}  # selection -> its epoch and validation metrics
-        self.wall_seconds = 0.0
+        self.wall_seconds = 0.0  # training and validation before this process's part of the run
+        self.clock_started: float | None = None  # when this process's part began
         self.stop = StopRequests()
         self.parameters = self.optimizer.forward_params + self.optimizer.feedback_params
 
@@ -169,10 +170,15 @@ class Trainer:
         return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "progress": vars(self.progress).copy(), "history": self.history, "best": self.best,
                 "analysis": self.analysis,
-                "wall_seconds": self.wall_seconds, "rng": rng_states(),
+                "wall_seconds": self.seconds_so_far(), "rng": rng_states(),
                 "config": self.config.as_dict(),
                 "cpu_threads": torch.get_num_threads(),  # CPU sums depend on the thread count
                 "processes": self.world.size}  # and so do the ranks' reductions
+
+    def seconds_so_far(self) -> float:
+        """Training and validation time over every part of the run, this process's included."""
+        running = 0.0 if self.clock_started is None else time.perf_counter() - self.clock_started
+        return self.wall_seconds + running
 
     def restore(self, state: dict) -> None:
         """Continue from a checkpoint (loaded on the CPU)."""
@@ -205,7 +211,7 @@ class Trainer:
     # --- training --------------------------------------------------------------------------
     def fit(self) -> dict:
         """Train to the last epoch and test the best model; returns the results."""
-        started = time.perf_counter()
+        self.clock_started = time.perf_counter()
         self.loggers.replay(self.history, self.analysis)  # what a resumed run had logged before
         try:
             with self.stop:
@@ -219,7 +225,7 @@ class Trainer:
                     if stop is not None and self.progress.epoch < self.config.epochs:
                         raise Interrupted(stop)
         finally:
-            self.wall_seconds += time.perf_counter() - started
+            self.wall_seconds, self.clock_started = self.seconds_so_far(), None  # the test is not counted
         return self._test()
 
     def _train_epoch(self) -> DivergenceMonitor:

@@ -70,6 +70,15 @@ def tiny_stl10(tmp_path, monkeypatch):
     return root, checksum_file
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """One thread for a module whose tests compare in-process sums with a subprocess's."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture
 def in_tmp_cwd(tmp_path, monkeypatch):
     """Run in an empty directory, so default run directories land in tmp_path/runs."""

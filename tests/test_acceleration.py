@@ -19,7 +19,7 @@ from ccl.optim import DualOptimizer
 from ccl.rules import ccl_loss
 from conftest import REPO
 from golden import assert_matches_summary, golden_model_and_objective, load_fixture
-from runs import MLP_YAML, one_thread, run_mlp  # noqa: F401
+from runs import MLP_YAML, run_mlp
 from ccl.config import build_config, read_yaml_sections
 from utils.errors import ConfigError
 

@@ -16,7 +16,7 @@ from ccl.rules import ccl_loss
 from ccl.scripts import CNN, MLP
 from conftest import REPO
 from models import build_model
-from runs import MLP_YAML, one_thread, outcome, run_mlp  # noqa: F401
+from runs import MLP_YAML, outcome, run_mlp
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from conftest import REPO
 from golden import load_fixture
-from runs import one_thread, outcome, run_mlp  # noqa: F401
+from runs import outcome, run_mlp
 
 import ccl.experiment as experiment
 from ccl.bench.cli import main as bench

@@ -12,7 +12,7 @@ import torch
 from ccl.experiment import EXIT_DIVERGED
 from ccl.rules import RULES
 from ccl.trainer import DIVERGENCE_CHECK_EVERY, Diverged, DivergenceMonitor
-from runs import MLP_YAML, one_thread, run_mlp  # noqa: F401
+from runs import MLP_YAML, run_mlp
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 BATCHES = 17  # per epoch of the tiny data in batches of 32

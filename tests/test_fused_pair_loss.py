@@ -13,7 +13,6 @@ from ccl.bench.cases import load_config
 from ccl.losses import cnn_alignment_loss, fused_cnn_alignment_loss
 from conftest import REPO
 from golden import assert_steps_match, golden_model_and_objective, load_fixture
-from runs import one_thread  # noqa: F401
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 SCALES = {"loss_scale_C": 0.7, "loss_scale_ssl": 0.3}

@@ -2,7 +2,6 @@
 combination x seed (each combination names its run directories), `table --grid KEY ...` writes
 one CSV per grid, which `python -m ccl.figures grid` draws."""
 import csv
-import json
 from pathlib import Path
 
 import pytest
@@ -10,6 +9,7 @@ import pytest
 from ccl.figures.cli import main as figures_main
 from ccl.reproduce.cli import main
 from conftest import REPO
+from runs import write_results
 
 YAML = str(REPO / "yaml/mlp/mnist_ccl.yaml")
 
@@ -39,12 +39,6 @@ def test_bad_grids_exit_2_naming_the_problem(tmp_path, capsys, grid, message):
     assert main(["run", YAML, "--grid", *grid, "--runs_root", str(tmp_path), "--dry_run"]) == 2
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1
-
-
-def write_results(root, setting, seed, **results):
-    path = root / setting / f"seed{seed}/results.json"
-    path.parent.mkdir(parents=True)
-    path.write_text(json.dumps({"status": "finished", "wall_seconds": 60.0, "best_epoch": 1, **results}))
 
 
 @pytest.fixture

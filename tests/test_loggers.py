@@ -13,7 +13,7 @@ import yaml
 
 from ccl.cli import parse_command_line
 from ccl.trainer import Trainer
-from runs import MLP_YAML, one_thread, run_mlp  # noqa: F401
+from runs import MLP_YAML, run_mlp
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

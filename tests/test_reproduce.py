@@ -17,6 +17,7 @@ from ccl.reproduce.paper import TABLES
 from ccl.reproduce.table import collect, markdown, table_rows, write_tables
 from ccl.trainer import Trainer
 from conftest import REPO
+from runs import write_results
 
 YAML = str(REPO / "yaml/mlp/mnist_ccl.yaml")
 
@@ -105,12 +106,6 @@ def test_a_ctrl_c_reaches_the_runs_as_sigterm_and_nothing_new_starts(tmp_path, c
 
 
 # --- aggregation --------------------------------------------------------------------------------
-
-def write_results(root, setting, seed, **results):
-    path = root / setting / f"seed{seed}/results.json"
-    path.parent.mkdir(parents=True)
-    path.write_text(json.dumps({"status": "finished", "wall_seconds": 60.0, "best_epoch": 1, **results}))
-
 
 @pytest.fixture
 def synthetic_runs(tmp_path):

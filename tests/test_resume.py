@@ -8,6 +8,7 @@ warm-up that crosses an epoch boundary and a cosine schedule, so that every piec
 resume restores (momentum buffers, scheduler, step counter) changes the numbers."""
 import dataclasses
 import itertools
+import json
 import os
 import signal
 
@@ -19,7 +20,7 @@ import utils.data.mnist as mnist
 from ccl.scripts import MLP
 from ccl.experiment import main
 from ccl.rules import RULES
-from runs import MLP_YAML, one_thread, outcome, run_mlp, start_mlp, wait_for_file  # noqa: F401
+from runs import MLP_YAML, outcome, run_mlp, start_mlp, wait_for_file
 from tiny_data import write_checksum_file, write_idx_dataset
 from utils.data import BatchLoader
 
@@ -108,11 +109,15 @@ def test_signal_mid_epoch_then_resume_matches_the_uninterrupted_run(
     assert not (out / "results.json").exists()
     progress = checkpoint_progress(out)
     assert progress["epoch"] * BATCHES + progress["batch"] == step
+    saved = torch.load(out / "checkpoint.pt", weights_only=True)  # the time so far, validation included
+    assert saved["wall_seconds"] > sum(row["seconds"] for row in saved["history"])
 
     monkeypatch.undo()
     assert run_scheduled("--resume", str(out)) == 0
     assert f"resuming {out} {position}" in capsys.readouterr().out
     assert outcome(out) == reference
+    results = json.loads((out / "results.json").read_text())  # both parts of the run counted
+    assert results["wall_seconds"] > results["train_seconds"] >= sum(row["seconds"] for row in saved["history"])
 
 
 def test_a_stop_during_the_last_batch_lets_the_run_finish(tiny, reference, tmp_path, monkeypatch):

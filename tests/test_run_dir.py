@@ -15,7 +15,7 @@ import utils.data.mnist as mnist
 import utils.io
 from ccl.run_dir import LOCK, OUTPUTS, RunDir
 from conftest import REPO
-from runs import ONE_THREAD, MLP_YAML, one_thread, outcome, run_mlp, start_mlp, wait_for_file  # noqa: F401
+from runs import ONE_THREAD, MLP_YAML, outcome, run_mlp, start_mlp, wait_for_file
 from tiny_data import write_checksum_file, write_idx_dataset
 
 pytestmark = pytest.mark.usefixtures("one_thread")
