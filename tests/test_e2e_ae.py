@@ -98,6 +98,7 @@ def test_comparison_figure(runs, stl10_files, monkeypatch):
     assert_figure(out, rows=3)  # inputs, BP, CCL
 
 
+@pytest.mark.slow  # trains both autoencoders (the runs fixture)
 def test_reconstructions_are_drawn_again_from_the_best_model(runs, stl10_files, monkeypatch, capsys):
     accept(monkeypatch, stl10_files[1])
     figure = runs / "CCL" / RECONSTRUCTIONS
