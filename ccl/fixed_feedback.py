@@ -65,10 +65,16 @@ class _LinearWithFixedFeedback(torch.autograd.Function):
         return grad_input, grad_weight, grad_bias, None
 
 
-def transposed_conv_kernel(feedback: torch.Tensor) -> torch.Tensor:
-    """The kernel K with conv_transpose2d(., K) == conv2d(., feedback) at stride 1, padding 1:
-    a feedback conv (in x out x k x k) read as the transposed conv of a forward one."""
-    return feedback.transpose(0, 1).flip(2, 3)
+def feedback_weight_as_forward(feedback_weight: torch.Tensor) -> torch.Tensor:
+    """A feedback map's weight in the layout of its layer's forward weight: transposed
+    (linear), or transposed and turned by 180 degrees (conv: the kernel K with
+    conv_transpose2d(., K) == conv2d(., feedback_weight) at stride 1, padding 1, the adjoint's
+    kernel; ccl/analysis says why)."""
+    if feedback_weight.dim() == 2:
+        return feedback_weight.T
+    if feedback_weight.dim() == 4:
+        return feedback_weight.transpose(0, 1).flip(2, 3)
+    raise ValueError(f"no forward layout for a weight of shape {tuple(feedback_weight.shape)}")
 
 
 def _output_padding(input_size: Sequence[int], output_size: Sequence[int], kernel_size: Sequence[int],
@@ -94,7 +100,7 @@ class _Conv2dWithFixedFeedback(torch.autograd.Function):
         needs_input, needs_weight, needs_bias = ctx.needs_input_grad[:3]
         grad_input = grad_weight = grad_bias = None
         if needs_input:
-            kernel = _like_gradient(transposed_conv_kernel(feedback), grad_output)
+            kernel = _like_gradient(feedback_weight_as_forward(feedback), grad_output)
             padding = _output_padding(x.shape[2:], grad_output.shape[2:], kernel.shape[2:],
                                       ctx.stride, ctx.padding)
             grad_input = F.conv_transpose2d(grad_output, kernel, stride=ctx.stride,
@@ -121,8 +127,7 @@ def _with_fixed_feedback(layer_map: nn.Module, feedback: torch.Tensor, x: torch.
 
 
 def _check_feedback_shape(layer_map: nn.Module, feedback: torch.Tensor) -> None:
-    transposed = feedback.transpose(0, 1).shape
-    if transposed != layer_map.weight.shape:
+    if feedback_weight_as_forward(feedback).shape != layer_map.weight.shape:
         raise ValueError(f"a feedback weight of shape {tuple(feedback.shape)} cannot stand in for "
                          f"the transpose of a forward weight of shape {tuple(layer_map.weight.shape)}")
 

@@ -41,6 +41,7 @@ CONFIG, METRICS, CHECKPOINT, BEST, RESULTS = (
 LOCK = ".lock"
 RECONSTRUCTIONS = "reconstructions.png"  # autoencoder runs
 PRIMARY_SELECTION = "val_loss"  # the model selection of the released code: best.pt
+LAST_EPOCH = "last"  # results.json's selections: the last epoch's model, tested beside the best ones
 # the weights each model selection keeps (objectives.py: `selections`)
 BEST_OF = {PRIMARY_SELECTION: BEST, "val_acc": "best_val_acc.pt"}
 ANALYSIS = "analysis.jsonl"  # analysis_every > 0: one record per analysed epoch
@@ -203,8 +204,12 @@ class RunDir:
         return results
 
     def state(self) -> str:
-        """finished or diverged (results.json), interrupted (a checkpoint), or new."""
-        results = self.read_results()
+        """finished or diverged (results.json), interrupted (a checkpoint), or new; a damaged
+        results.json counts as not finished."""
+        try:
+            results = self.read_results()
+        except Damaged:
+            results = None
         if results is not None:
             return results["status"]
         return "interrupted" if (self.path / CHECKPOINT).is_file() else "new"
@@ -267,7 +272,6 @@ def _load(path: Path, what: str, fix: str, missing_ok: bool = False, map_locatio
     except Exception as error:  # noqa: BLE001  (every unpickling failure means a damaged file)
         summary = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise Damaged(f"the {what} {path} is damaged ({summary}); {fix}") from None
-
 
 
 class ReadOnlyRunDir(RunDir):

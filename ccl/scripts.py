@@ -16,6 +16,7 @@ from ccl.cli import DEFAULT_DATA_ROOT
 from ccl.config import Config
 from ccl.distributed import ONE_PROCESS, World
 from ccl.experiment import Experiment, Script, build
+from ccl.figures import save_reconstructions
 from ccl.losses import cnn_alignment_loss, fused_cnn_alignment_loss, mlp_alignment_loss
 from ccl.objectives import Classification, Reconstruction, flood_threshold
 from ccl.run_dir import CONFIG, RunDir, RunDirError
@@ -23,7 +24,6 @@ from utils.data import load_splits
 from utils.data.recipes import CNN_TRANSFORMS, ae_data, cnn_data, mlp_data
 from utils.data.task_transforms import TASK_TRANSFORMS
 from utils.errors import ConfigError
-from ccl.figures import save_reconstructions
 
 
 def mlp_objective(config: Config, num_classes: int, world: World = ONE_PROCESS) -> Classification:
@@ -40,7 +40,7 @@ def no_schedules(config: Config) -> None:
 
 MLP = Script(
     prog="main_class_mlp.py",
-    description="Train an MLP on MNIST, FashionMNIST, CIFAR-10 or CIFAR-100 with BP or CCL.",
+    description="Train an MLP on MNIST, FashionMNIST, CIFAR-10 or CIFAR-100 with BP, CCL, FA, DFA or DRTP.",
     task="classification",
     architectures=("simple_linear",),
     datasets=("MNIST", "FashionMNIST", "CIFAR10", "CIFAR100"),
@@ -65,7 +65,7 @@ def cnn_objective(config: Config, num_classes: int, world: World = ONE_PROCESS) 
 CNN = Script(
     prog="main_class_cnn.py",
     description="Train a CNN on CIFAR-10, CIFAR-100, STL-10 (32x32), MNIST or FashionMNIST "
-                "(32x32) with BP or CCL.",
+                "(32x32) with BP, CCL, FA, DFA or DRTP.",
     task="classification",
     architectures=("cnn", "cnn_pool"),
     datasets=tuple(CNN_TRANSFORMS),

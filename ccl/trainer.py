@@ -7,9 +7,8 @@ schedule, checkpoint; with `analysis_every`, measure the model on a probe batch 
 writes, and how, is the run directory's (ccl/run_dir.py): checkpoint.pt is written first, and
 metrics.jsonl, analysis.jsonl and the best models are views of it that a resumed run rewrites,
 so a kill between two writes loses nothing. The opt-in loggers (ccl/loggers.py) get the same
-rows and records. The
-step never waits for the device: the losses stay on the device and are read every few steps,
-to check for divergence and add them up.
+rows and records. The step never waits for the device: the losses stay on the device and are
+read every few steps, to check for divergence and add them up.
 """
 from __future__ import annotations
 
@@ -28,7 +27,7 @@ from ccl.distributed import ONE_PROCESS, World
 from ccl.distributed.data import shard
 from ccl.loggers import Loggers
 from ccl.optim import DualOptimizer
-from ccl.run_dir import ANALYSIS, PRIMARY_SELECTION, RunDir
+from ccl.run_dir import ANALYSIS, LAST_EPOCH, PRIMARY_SELECTION, RunDir
 from utils.seed import restore_rng_states, rng_states
 
 DIVERGENCE_CHECK_EVERY = 50  # steps between reads of the device-side divergence flag
@@ -340,11 +339,11 @@ class Trainer:
     def _test(self) -> dict:
         """The test metrics of the last epoch's model and of each selection's best, the released
         selection's at the top level (and in the model afterwards)."""
-        tested = {"last": {"epoch": self.progress.epoch, **self._test_metrics()}}
+        tested = {LAST_EPOCH: {"epoch": self.progress.epoch, **self._test_metrics()}}
         for name in reversed(self.objective.selections):
             self.model.load_state_dict(self.world.on_main(lambda: self.run_dir.load_best("cpu", name)))
             tested[name] = {"epoch": self.best[name]["epoch"], **self._test_metrics()}
-        selections = {name: tested[name] for name in (*self.objective.selections, "last")}
+        selections = {name: tested[name] for name in (*self.objective.selections, LAST_EPOCH)}
         return {"status": "finished",
                 **{k: v for k, v in selections[PRIMARY_SELECTION].items() if k != "epoch"},
                 **self.best_so_far(),

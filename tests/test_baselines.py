@@ -21,7 +21,7 @@ from runs import outcome, run_mlp
 import ccl.experiment as experiment
 from ccl.bench.cli import main as bench
 from ccl.bench.flops import step_flops
-from ccl.fixed_feedback import direct_feedback, transposed_conv_kernel
+from ccl.fixed_feedback import direct_feedback, feedback_weight_as_forward
 from ccl.optim import DualOptimizer
 from ccl.rules import RULES, add_fixed_feedback, bp_loss, dfa_loss, drtp_loss, fa_loss, output_error
 from ccl.scripts import AUTOENCODER, CNN
@@ -98,7 +98,7 @@ def test_a_feedback_conv_is_the_transposed_conv_of_its_flipped_kernel():
     torch.manual_seed(0)
     feedback, signal = torch.randn(3, 5, 3, 3), torch.randn(2, 5, 8, 8)
     torch.testing.assert_close(F.conv2d(signal, feedback, padding=1),
-                               F.conv_transpose2d(signal, transposed_conv_kernel(feedback), padding=1))
+                               F.conv_transpose2d(signal, feedback_weight_as_forward(feedback), padding=1))
 
 
 @pytest.mark.parametrize("network", NETWORKS)

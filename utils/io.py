@@ -6,8 +6,9 @@ import errno
 import json
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import torch
 
@@ -70,6 +71,11 @@ def _write_error(path: Path, error: BaseException) -> BaseException:
                           f"is intact")
     return WriteError(f"cannot write {path}: {cause.strerror or cause}; the previous version of "
                       f"the file is intact")
+
+
+def write_stream(path: Path, write: Callable[[BinaryIO], None]) -> None:
+    """`write(stream)` into a binary stream that becomes the file at `path` (a figure's savefig)."""
+    _atomic(path, write)
 
 
 def write_text(path: Path, text: str) -> None:

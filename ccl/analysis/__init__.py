@@ -60,6 +60,7 @@ from contextlib import contextmanager
 
 import torch
 
+from ccl.fixed_feedback import feedback_weight_as_forward
 from ccl.rules import bp_loss
 from utils.data.loader import BatchLoader, derived_seed
 
@@ -156,16 +157,6 @@ def cka_matrix(model, objective, inputs: torch.Tensor, targets: torch.Tensor) ->
         forward_grams = [_normalised_gram(_centred_rows(a)) for a in activations]
         feedback_grams = [_normalised_gram(_centred_rows(b)) for b in signals]
     return [[float((k * l).sum()) for l in feedback_grams] for k in forward_grams]
-
-
-def feedback_weight_as_forward(feedback_weight: torch.Tensor) -> torch.Tensor:
-    """The feedback weight in the forward weight's layout: transposed (linear), or transposed
-    and turned by 180 degrees (conv, the adjoint's kernel; see the module docstring)."""
-    if feedback_weight.dim() == 2:
-        return feedback_weight.T
-    if feedback_weight.dim() == 4:
-        return feedback_weight.transpose(0, 1).flip(2, 3)
-    raise ValueError(f"no forward layout for a weight of shape {tuple(feedback_weight.shape)}")
 
 
 def cosine(u: torch.Tensor, v: torch.Tensor) -> float:

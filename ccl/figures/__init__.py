@@ -62,6 +62,7 @@ from ccl.run_dir import ANALYSIS, BEST, METRICS, RECONSTRUCTIONS, RESULTS
 from utils.data.loader import BatchLoader
 from utils.data.recipes import Data
 from utils.errors import ConfigError
+from utils.io import write_stream
 
 ANALYSIS_KEYS = ("epoch", "layers", "cka", "weight_cosine", "grad_angle_deg")
 GRID_COLUMNS = ("lr_F", "lr_B", "mean", "std", "n")
@@ -211,10 +212,8 @@ def _text_colour(image, value: float) -> str:
 
 
 def save_png(figure: Figure, path: Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, format="png", dpi=DPI)
-    return path
+    write_stream(path, lambda stream: figure.savefig(stream, format="png", dpi=DPI))
+    return Path(path)
 
 
 def _nan_for_null(values) -> np.ndarray:
@@ -462,10 +461,8 @@ def save_rows(rows: Sequence[tuple[str, torch.Tensor]], title: str, path: Path) 
     for index, (label, _) in enumerate(rows):
         draw.text((LABEL_WIDTH - 8, top + PADDING + (index + 0.5) * row_height), label, fill="black",
                   font=font, anchor="rm")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    picture.save(path, format="PNG")
-    return path
+    write_stream(path, lambda stream: picture.save(stream, format="PNG"))
+    return Path(path)
 
 
 def best_model_name(run_dir: Path) -> str:

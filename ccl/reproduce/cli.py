@@ -14,6 +14,7 @@ from ccl.reproduce.cluster import EXECUTORS, Cluster, active_job, submit_all
 from ccl.reproduce.paper import PROCEDURES, TABLES, targets_of
 from ccl.reproduce.runner import Settings, only_runner, plan_runs, report, run_all
 from ccl.reproduce.table import SELECTIONS, write_grid_tables, write_tables
+from ccl.run_dir import PRIMARY_SELECTION
 from ccl.cli import resolve_device
 from ccl.config import KEYS, check_value, closest, parse_cli_value
 from utils.errors import ConfigError, UserError
@@ -91,7 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
                             "its validation metric (val): to choose settings without the test set")
     table.add_argument("--runs_root", type=Path, default=DEFAULT_RUNS_ROOT,
                        help=f"the run directories (default {DEFAULT_RUNS_ROOT})")
-    table.add_argument("--select", choices=(*SELECTIONS, "all"), default="val_loss",
+    table.add_argument("--select", choices=(*SELECTIONS, "all"), default=PRIMARY_SELECTION,
                        help="whose test metric the tables show: the model with the lowest validation "
                             "loss (val_loss, the released rule; default), the highest validation "
                             "accuracy (val_acc), the last epoch's (last), or all three side by side")

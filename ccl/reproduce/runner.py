@@ -31,7 +31,7 @@ from typing import Any
 from ccl.cli import default_out_dir
 from ccl.config import read_yaml_sections
 from ccl.reproduce.paper import released_procedure
-from ccl.run_dir import CHECKPOINT, Damaged, RunDir
+from ccl.run_dir import Damaged, RunDir
 from ccl.scripts import BY_CONFIG_FOLDER
 from ccl.trainer import StopRequests
 from utils.provenance import REPO_ROOT
@@ -66,10 +66,7 @@ class Run:
 
     def state(self) -> str:
         """finished or diverged (from results.json), interrupted (a checkpoint) or new."""
-        results = read_results(self.run_dir)
-        if results is not None:
-            return results["status"]
-        return "interrupted" if (self.run_dir / CHECKPOINT).is_file() else "new"
+        return RunDir(self.run_dir).state()
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,8 @@ from pathlib import Path
 
 from ccl.config import read_yaml_sections
 from ccl.reproduce.paper import METHOD_ORDER, PAPER, TABLES, Table, Target, released_procedure, targets_of
-from ccl.run_dir import RESULTS, Damaged, RunDir
+from ccl.objectives import Classification
+from ccl.run_dir import LAST_EPOCH, PRIMARY_SELECTION, RESULTS, Damaged, RunDir
 from utils.provenance import REPO_ROOT
 from utils.errors import ConfigError
 from utils.io import write_text
@@ -33,7 +34,7 @@ from utils.io import write_text
 # config folder -> the table its runs belong to (configs the paper gives no number for are
 # listed there too, without the paper's value)
 TABLE_OF_FOLDER = {"mlp": "table1", "cnn": "table3", "cnn_ae": "autoencoder"}
-SELECTIONS = ("val_loss", "val_acc", "last")
+SELECTIONS = (*Classification.selections, LAST_EPOCH)  # the tables are of classification runs
 OVERRIDE_START = re.compile(r"-(?=[A-Za-z_]\w*=)")  # "mnist_ccl-epochs=1-lr_F=0.5" -> 3 parts
 
 
@@ -122,13 +123,13 @@ def procedure_of(config: str, overrides: dict[str, str]) -> tuple[str, str]:
 def selected(results: dict, selection: str, metric: str) -> tuple[float, int] | None:
     """(test metric, epoch) of a finished run's model chosen by `selection` (None if not kept)."""
     if "selections" not in results:  # written before the selections were kept
-        return (results[f"test_{metric}"], results["best_epoch"]) if selection == "val_loss" else None
+        return (results[f"test_{metric}"], results["best_epoch"]) if selection == PRIMARY_SELECTION else None
     chosen = results["selections"].get(selection)
     return None if chosen is None else (chosen[f"test_{metric}"], chosen["epoch"])
 
 
 def make_row(config: str, procedure: str, overrides: str, results: Sequence[dict], table: Table,
-             target: Target | None, selection: str = "val_loss") -> Row:
+             target: Target | None, selection: str = PRIMARY_SELECTION) -> Row:
     finished = [r for r in results if r["status"] == "finished"]
     first = results[0] if results else {}
     chosen = [pair for pair in (selected(r, selection, table.metric) for r in finished) if pair is not None]
@@ -146,7 +147,7 @@ PROCEDURE_ORDER = {"both": 0, "released": 0, "fixed": 1, "custom": 2}
 
 
 def table_rows(table: Table, groups: dict[tuple[str, str, str], list[dict]],
-               selection: str = "val_loss") -> list[Row]:
+               selection: str = PRIMARY_SELECTION) -> list[Row]:
     """The paper's rows in its order, each as the released procedure ran it ('no runs' where
     nothing ran), then its other procedures and overridden variants; then the folder's configs
     without a paper number."""
@@ -180,7 +181,7 @@ def duration(seconds: float | None) -> str:
 
 
 def markdown(table: Table, rows: Sequence[Row]) -> str:
-    lines = [f"### {table.title}, model selection {rows[0].selection if rows else 'val_loss'}", "",
+    lines = [f"### {table.title}, model selection {rows[0].selection if rows else PRIMARY_SELECTION}", "",
              "| dataset | method | config | procedure | ours: mean +- std (n) | paper | diff | flag | wall time / run |",
              "|---|---|---|---|---|---|---|---|---|"]
     for row in rows:
@@ -268,7 +269,7 @@ FOOTNOTE = ("ours: mean +- sample std (n - 1) over n finished runs (seeds). flag
             "are runs of this project, on the same networks, seeds and epochs as BP and CCL.")
 
 
-def write_tables(runs_root: Path, results_dir: Path, select: str = "val_loss") -> str:
+def write_tables(runs_root: Path, results_dir: Path, select: str = PRIMARY_SELECTION) -> str:
     """Markdown of every table (returned) and one CSV per table in results_dir, for the model
     selection `select`, or for each of them side by side (`all`)."""
     groups = collect(runs_root)
