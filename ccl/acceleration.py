@@ -11,6 +11,7 @@ from collections.abc import Callable
 import torch
 
 from ccl.config import KEYS
+from ccl.rules import Rule, RULES
 from utils.errors import ConfigError
 
 LossFunction = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -28,10 +29,9 @@ def check_supported(config, device) -> None:
     if config.precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
         raise ConfigError(f"precision bf16: {torch.cuda.get_device_name(device)} has no bfloat16 "
                           f"support (it needs an Ampere or newer GPU); set precision: float32")
-    if config.compile and config.method == "FA":
-        raise ConfigError("compile 1 does not support method FA: each step swaps its forward maps for "
-                          "ones with fixed feedback (ccl/fixed_feedback.py), which torch.compile "
-                          "cannot trace; set compile: 0")
+    if config.compile and not RULES[config.method].compiles:
+        raise ConfigError(f"compile 1 does not support method {config.method}: torch.compile cannot "
+                          f"trace its loss (ccl/rules.py says why); set compile: 0")
     if config.compile:
         problem = _compile_problem(device)
         if problem:
@@ -61,18 +61,18 @@ def _compile_problem(device: torch.device) -> str | None:
     return None
 
 
-def training_loss(config, model, objective, rule) -> LossFunction:
+def training_loss(config, model, objective, rule: Rule) -> LossFunction:
     """`(inputs, targets) -> loss` of `rule` on `model` and `objective`, under the config's precision
     and compiled if the config asks. Only the loss is compiled: the optimizer step stays eager,
     so a learning rate that changes never recompiles anything."""
     device_type = next(model.parameters()).device.type
 
     def float32_loss(inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        return rule(model, objective, inputs, targets)
+        return rule.loss(model, objective, inputs, targets)
 
     def bf16_loss(inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         with torch.autocast(device_type, dtype=torch.bfloat16):
-            return rule(model, objective, inputs, targets)
+            return rule.loss(model, objective, inputs, targets)
 
     loss = bf16_loss if config.precision == "bf16" else float32_loss
     if not config.compile:

@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from ccl.rules import FIXED_FEEDBACK_RULES, RULES
+from ccl.rules import FEEDBACK_FIXED, RULES, rule_keys
 from models import ARCHITECTURES
 from models.layers import ACTIVATIONS
 from utils.data.datasets import SOURCE_OF
@@ -367,30 +367,37 @@ def build_config(file_values: Mapping[str, Any], overrides: Mapping[str, Any],
     return Config(values)
 
 
+def _is_set(name: str, value: Any) -> bool:
+    """Whether a key holds other than its default (for a key every config must give, other
+    than off)."""
+    default = KEYS[name].default
+    return bool(value) if default is REQUIRED else value != default
+
+
 def ignored_settings(config: Config, unread: tuple[str, ...] = ()) -> list[str]:
     """Values that have no effect in this combination of keys (the released code ignores them
     too): one line each, for a warning. Settings the released configs themselves carry (lr_B
     with BP, eta_min without a schedule) are not listed: they are inert by design; nor are the
     `unread` keys, which the script never reads and warns about itself."""
     notes = []
-    if config.method != "CCL" and config.filter_target and "filter_target" not in unread:
-        notes.append(f"filter_target is ignored with method {config.method}: flooding acts on CCL's "
-                     f"layer-pair losses")
-    if config.method != "CCL" and config.fused_pair_loss and "fused_pair_loss" not in unread:
-        notes.append(f"fused_pair_loss is ignored with method {config.method}: it computes CCL's "
-                     f"layer-pair losses")
+    rule = RULES[config.method]
+    for name, readers in rule_keys().items():
+        if name not in rule.reads and name not in unread and _is_set(name, getattr(config, name)):
+            notes.append(f"{name} is ignored with method {config.method}: only {', '.join(readers)} "
+                         f"read{'s' if len(readers) == 1 else ''} it")
     # BP's released configs carry an inert lr_B and are not warned about; the baselines' configs
     # are ours and set lr_B: 0, so a non-zero one with them is a mistake worth a line
-    if config.method in FIXED_FEEDBACK_RULES and config.lr_B:
+    if rule.feedback == FEEDBACK_FIXED and config.lr_B:
+        fixed = [name for name, other in RULES.items() if other.feedback == FEEDBACK_FIXED]
         notes.append(f"lr_B {config.lr_B:g} is ignored with method {config.method}: the feedback "
-                     f"network never trains under {', '.join(FIXED_FEEDBACK_RULES)}")
+                     f"network never trains under {', '.join(fixed)}")
     if not config.filter_target and config.flood_threshold != KEYS["flood_threshold"].default:
         notes.append("flood_threshold is ignored while filter_target is 0 (flooding off)")
     if not config.analysis_every and config.analysis_samples != KEYS["analysis_samples"].default:
         notes.append("analysis_samples is ignored while analysis_every is 0 (no analysis)")
     if not config.warmup and config.warmup_counter != KEYS["warmup_counter"].default:
         notes.append("warmup_counter is ignored while warmup is 0 (no warm-up)")
-    trained = {"lr_F": config.lr_F, **({"lr_B": config.lr_B} if config.method == "CCL" else {})}
+    trained = {"lr_F": config.lr_F, **({"lr_B": config.lr_B} if rule.trains_feedback else {})}
     for name, lr in trained.items():
         if config.tmax and config.eta_min > lr:
             notes.append(f"eta_min {config.eta_min:g} is above {name} {lr:g}: the cosine schedule "

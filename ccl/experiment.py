@@ -24,7 +24,7 @@ from ccl.cli import RunOptions, parse_command_line
 from ccl.config import KEYS, Config, config_yaml, ignored_settings
 from ccl.distributed import ONE_PROCESS, Relayed, World
 from ccl.distributed.batchnorm import synchronise_batch_norm
-from ccl.rules import RULES, add_fixed_feedback
+from ccl.rules import RULES, Rule, add_fixed_state
 from ccl.run_dir import CHECKPOINT, DIVERGED, FINISHED, ReadOnlyRunDir, RunDir, RunDirError
 from ccl.trainer import Diverged, Interrupted, Trainer
 from models import build_model
@@ -97,22 +97,27 @@ class Experiment:
     data: Data
     model: DualNetwork
     objective: Any
-    rule: Callable
+    rule: Rule
     world: World = ONE_PROCESS  # the processes that train it together
 
 
-def build(script: Script, config: Config, splits: Splits, device, world: World = ONE_PROCESS) -> Experiment:
+def build(script: Script, config: Config, device, world: World = ONE_PROCESS, *,
+          data_root: Path | None = None, splits: Splits | None = None) -> Experiment:
     """The data, model and objective of `config` on `device`, the model initialised from the
     config's seed, as rank `world.rank` of `world.size` trains it (its terms that couple the
-    samples of a batch reading the global batch). Every run, and every case of the benchmark,
-    is built here."""
+    samples of a batch reading the global batch). The data is the config's dataset under
+    `data_root`, split by the config's seed, unless `splits` are given (the benchmark's
+    synthetic images). Every run, and every case of the benchmark, is built here."""
+    if splits is None:
+        splits = load_splits(config.dataset, data_root, config.seed).to(device)
     set_seed(config.seed)
     data = script.make_data(config, splits)
     model = build_model(config, data.input_shape, data.num_classes).to(device)
-    add_fixed_feedback(config, model, data.input_shape, data.num_classes)
+    rule = RULES[config.method]
+    add_fixed_state(rule, model, data.input_shape, data.num_classes, config.seed)
     objective = script.make_objective(config, data.num_classes, world)
     synchronise_batch_norm(model, world, feedback=objective.feedback_reads_batch)
-    return Experiment(config, data, model, objective, RULES[config.method], world)
+    return Experiment(config, data, model, objective, rule, world)
 
 
 def main(script: Script, argv: Sequence[str] | None = None) -> int:
@@ -128,7 +133,7 @@ def main(script: Script, argv: Sequence[str] | None = None) -> int:
         check_supported(config, options.device)
         loggers.check_available(options.loggers)
         world.check(config, uses_fused_pair_loss="fused_pair_loss" not in script.ignored
-                    and config.method == "CCL")
+                    and "fused_pair_loss" in RULES[config.method].reads)
         device = world.device(options.device)
         notes = script.warnings(config)
         if options.dist_backend and world.size == 1:
@@ -244,8 +249,7 @@ def train(script: Script, config: Config, options: RunOptions, run_dir: RunDir,
 def _train(script: Script, config: Config, options: RunOptions, run_dir: RunDir,
            checkpoint: dict | None, world: World, run_loggers: loggers.Loggers) -> int:
     device = torch.device(world.device(options.device))
-    splits = load_splits(config.dataset, options.data_root, config.seed).to(device)
-    experiment = build(script, config, splits, device, world)
+    experiment = build(script, config, device, world, data_root=options.data_root)
     trainer = Trainer(experiment, run_dir, loggers=run_loggers)
     if options.resume:
         resume(trainer, checkpoint, script.prog)

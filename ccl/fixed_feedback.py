@@ -33,10 +33,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.network import DualNetwork
-from utils.data.loader import derived_seed
+from utils.seed import Stream, stream_seed
 
 DIRECT_FEEDBACK = "direct_feedback"  # buffer name prefix: direct_feedback1 for layer 1, ...
-DIRECT_FEEDBACK_STREAM = 2  # the draw seeds SeedSequence([seed, 2]): no loader stream (seed, epoch, 0 or 1)
 
 
 # --- FA: the feedback map's weight in place of the forward weight's transpose ---------------
@@ -182,7 +181,7 @@ def add_direct_feedback(network: DualNetwork, input_shape: Sequence[int], num_cl
     """Register the fixed projections of the hidden layers as buffers of `network`, drawn on the
     CPU from a generator of their own seeded from `seed`: the same matrices on every device,
     and the global random stream (which initialises the weights) untouched."""
-    generator = torch.Generator().manual_seed(derived_seed(seed, DIRECT_FEEDBACK_STREAM))
+    generator = torch.Generator().manual_seed(stream_seed(seed, Stream.DIRECT_FEEDBACK))
     device = next(network.parameters()).device
     for index, size in enumerate(hidden_output_sizes(network, input_shape), start=1):
         network.register_buffer(f"{DIRECT_FEEDBACK}{index}",
@@ -197,7 +196,7 @@ def direct_feedback(network: DualNetwork) -> list[torch.Tensor]:
     missing = [name for name in names if name not in buffers]
     if missing:
         raise RuntimeError(f"the network has no fixed projections {', '.join(missing)}: DFA and "
-                           f"DRTP need ccl.rules.add_fixed_feedback(config, model, ...) after the "
+                           f"DRTP need ccl.rules.add_fixed_state(rule, model, ...) after the "
                            f"model is built")
     return [buffers[name] for name in names]
 

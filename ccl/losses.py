@@ -7,11 +7,14 @@ one-hot label matrix.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ccl.distributed import World
+# rows -> (every process's rows of the global batch in order, the index of these rows' first)
+GatherRows = Callable[[torch.Tensor], tuple[torch.Tensor, int]]
 
 NORM_EPS = 1e-8
 # The released code floods at |p(true class) - 1| < 0.1 whatever `filter_target` says.
@@ -43,36 +46,37 @@ def _mlp_scale(loss_scale_C: float, width: int) -> float:
     return float(np.float32(loss_scale_C * 256) / np.float32(width))
 
 
-def mlp_alignment_loss(a: torch.Tensor, b: torch.Tensor, onehot: torch.Tensor,
-                       keep: torch.Tensor | None = None, *, loss_scale_C: float) -> torch.Tensor:
+def mlp_pair_loss(a: torch.Tensor, b: torch.Tensor, onehot: torch.Tensor,
+                  keep: torch.Tensor | None = None, *, loss_scale_C: float) -> torch.Tensor:
     """`mse(A @ B.T, T) / D * loss_scale_C * 256`, unnormalised (main_class_mlp.py)."""
     A, B = _rows(a, keep), b.flatten(1)
     return F.mse_loss(A @ B.T, onehot) * _mlp_scale(loss_scale_C, A.shape[1])
 
 
-def cnn_alignment_loss(a: torch.Tensor, b: torch.Tensor, onehot: torch.Tensor,
-                       keep: torch.Tensor | None = None, *, loss_scale_C: float,
-                       loss_scale_ssl: float, batch: World | None = None) -> torch.Tensor:
-    """Row-normalised alignment plus the two decorrelation terms (main_class_cnn.py). `batch`:
-    across processes, the world whose global batch these rows are a slice of."""
+def cnn_pair_loss(a: torch.Tensor, b: torch.Tensor, onehot: torch.Tensor,
+                  keep: torch.Tensor | None = None, *, loss_scale_C: float,
+                  loss_scale_ssl: float, gather_rows: GatherRows | None = None) -> torch.Tensor:
+    """Row-normalised alignment plus the two decorrelation terms (main_class_cnn.py).
+    `gather_rows`: across processes, what gathers every process's rows of the global batch
+    (`World.gather_rows`)."""
     A, B = _unit_rows(_rows(a, keep)), _unit_rows(b.flatten(1))
     eye_b = torch.eye(B.shape[0], device=B.device, dtype=B.dtype)
     return (F.mse_loss(A @ B.T, onehot) * loss_scale_C
-            + _sample_decorrelation(A, batch) * loss_scale_ssl
+            + _sample_decorrelation(A, gather_rows) * loss_scale_ssl
             + F.mse_loss(B @ B.T, eye_b) * loss_scale_ssl)
 
 
-def _sample_decorrelation(A: torch.Tensor, batch: World | None) -> torch.Tensor:
+def _sample_decorrelation(A: torch.Tensor, gather_rows: GatherRows | None) -> torch.Tensor:
     """`mse(A @ A.T, I)` over the global batch. Across processes each rank takes its rows of the
     N x N Gram matrix (its rows against every rank's) and their mean: the ranks' means average to
     the global one, and their gradients, summed back through the gather, to its gradient."""
-    rows, start = (A, 0) if batch is None else batch.gather_rows(A)
+    rows, start = (A, 0) if gather_rows is None else gather_rows(A)
     eye = torch.eye(A.shape[0], rows.shape[0], device=A.device, dtype=A.dtype)
     return F.mse_loss(A @ rows.T, eye.roll(start, dims=1) if start else eye)
 
 
 class _FusedCnnPairLoss(torch.autograd.Function):
-    """`cnn_alignment_loss` with its gradient in closed form (`fused_pair_loss: 1`).
+    """`cnn_pair_loss` with its gradient in closed form (`fused_pair_loss: 1`).
 
     With unit rows A = a / |a| (activations) and B = b / |b| (feedback signals), the loss reads
     three Gram-type products. Each is formed from the raw rows and scaled by the outer product
@@ -130,10 +134,10 @@ def _through_normalisation(grad_unit: torch.Tensor, x: torch.Tensor, norm: torch
     return grad_unit.mul_(inv[:, None]).addcmul_(x, along[:, None], value=-1)
 
 
-def fused_cnn_alignment_loss(a: torch.Tensor, b: torch.Tensor, onehot: torch.Tensor,
-                             keep: torch.Tensor | None = None, *, loss_scale_C: float,
-                             loss_scale_ssl: float) -> torch.Tensor:
-    """`cnn_alignment_loss` computed by `_FusedCnnPairLoss`: the same value and gradients up
+def fused_cnn_pair_loss(a: torch.Tensor, b: torch.Tensor, onehot: torch.Tensor,
+                        keep: torch.Tensor | None = None, *, loss_scale_C: float,
+                        loss_scale_ssl: float) -> torch.Tensor:
+    """`cnn_pair_loss` computed by `_FusedCnnPairLoss`: the same value and gradients up
     to rounding, with far fewer passes over the activations."""
     return _FusedCnnPairLoss.apply(_rows(a, keep), b.flatten(1), onehot, loss_scale_C, loss_scale_ssl)
 

@@ -21,19 +21,17 @@ def centralise_gradients(parameters) -> None:
 
 class DualOptimizer:
     """Two SGDs, one for the forward and one for the feedback parameters, and what the
-    released code does around them. The training step reads
-
-        loss = rule(model, objective, inputs, targets)
-        optimizer.warmup_scaled(loss, batch_in_epoch).backward()
-        optimizer.step()      # centralise, clip each network's gradients, both SGD steps
-
-    and `end_epoch()` steps the cosine schedules. `steps_taken` counts optimizer steps over
+    released code does around them. The training step (`ccl.trainer.train_step`) scales the
+    loss during the warm-up (`warmup_scaled`), calls `backward()` on it and then `step()`:
+    centralise, clip each network's gradients, both SGD steps. `end_epoch()` steps the cosine
+    schedules. `steps_taken` counts optimizer steps over
     the whole run; warm-up reads it.
     """
 
     def __init__(self, model: DualNetwork, config):
         self.forward_params = model.forward_parameters()
         self.feedback_params = model.feedback_parameters()
+        self.parameters = self.forward_params + self.feedback_params
         self.forward_sgd = SGD(self.forward_params, lr=config.lr_F, momentum=config.mmt_F,
                                weight_decay=config.wd_F)
         self.feedback_sgd = SGD(self.feedback_params, lr=config.lr_B, momentum=config.mmt_B,
@@ -65,7 +63,7 @@ class DualOptimizer:
     def step(self) -> None:
         """Centralise, clip, step both SGDs and clear the gradients."""
         if self.centralise:
-            centralise_gradients(self.forward_params + self.feedback_params)
+            centralise_gradients(self.parameters)
         if self.grad_clip_F > 0:
             clip_grad_norm_(self.forward_params, self.grad_clip_F)
         if self.grad_clip_B > 0:

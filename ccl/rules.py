@@ -1,18 +1,24 @@
 """The learning rules, generic over dual networks and objectives: counter-current learning,
 backprop and three baselines that send fixed random feedback (ccl/fixed_feedback.py).
 
-A rule maps (model, objective, inputs, targets) to the loss whose backward pass gives every
-parameter its gradient; the trainer then calls `backward()` on it and `DualOptimizer.step()`.
+A rule is one `Rule` record in `RULES`: its loss, which maps (model, objective, inputs,
+targets) to the loss whose backward pass gives every parameter its gradient (the training step,
+`ccl.trainer.train_step`, calls `backward()` on it and `DualOptimizer.step()`), and what the
+rest of the code needs to know about it.
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
 from ccl.fixed_feedback import add_direct_feedback, direct_feedback, feedback_aligned, signal_at
 from models.network import DualNetwork
+
+# (model, objective, inputs, targets) -> the loss whose backward pass gives the gradients
+RuleLoss = Callable[[DualNetwork, object, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def ccl_loss(model: DualNetwork, objective, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -82,13 +88,66 @@ def drtp_loss(model: DualNetwork, objective, inputs: torch.Tensor, labels: torch
     return _direct_loss(model, objective, inputs, labels, projected_targets)
 
 
-RULES = {"BP": bp_loss, "CCL": ccl_loss, "FA": fa_loss, "DFA": dfa_loss, "DRTP": drtp_loss}
-DIRECT_RULES = ("DFA", "DRTP")  # the rules that read fixed projections the model must carry
-FIXED_FEEDBACK_RULES = ("FA", *DIRECT_RULES)  # the rules under which the feedback network never trains
+# How a rule treats the feedback network's parameters:
+FEEDBACK_BY_PAIR_LOSSES = "trained by its pair losses"  # the loss's gradient reaches them (CCL)
+FEEDBACK_IDLE = "idle"  # never read, never trained (BP)
+FEEDBACK_FIXED = "fixed"  # read as fixed random feedback, never trained (FA, DFA, DRTP)
 
 
-def add_fixed_feedback(config, model: DualNetwork, input_shape: Sequence[int], num_classes: int) -> None:
-    """Give a freshly built model the fixed matrices its rule reads, drawn from the run's seed
-    (DFA, DRTP). The other rules need none: FA reads the feedback network's own weights."""
-    if config.method in DIRECT_RULES:
-        add_direct_feedback(model, input_shape, num_classes, config.seed)
+@dataclass(frozen=True)
+class Rule:
+    """A learning rule, whole: everything the rest of the code asks about a rule is read here,
+    never from its name. Adding a rule is adding one entry to `RULES`.
+
+    `loss(model, objective, inputs, targets)` is the loss whose `backward()` gives every
+    parameter the rule trains its gradient; `feedback` says what becomes of the feedback
+    network (one of the FEEDBACK_* above); `reads` names the config keys that this rule reads
+    and the others ignore (a value other than the key's default under another rule is warned
+    about); `compiles` whether torch.compile can trace its loss; `fixed_state(model,
+    input_shape, num_classes, seed)` gives a freshly built model the fixed tensors the rule
+    reads, drawn from the run's seed."""
+
+    name: str
+    summary: str  # one line, for --help
+    loss: RuleLoss
+    feedback: str
+    reads: tuple[str, ...] = ()
+    compiles: bool = True
+    fixed_state: Callable[[DualNetwork, Sequence[int], int, int], None] | None = None
+
+    @property
+    def trains_feedback(self) -> bool:
+        return self.feedback == FEEDBACK_BY_PAIR_LOSSES
+
+
+RULES = {rule.name: rule for rule in (
+    Rule("BP", "backpropagation", bp_loss, FEEDBACK_IDLE),
+    Rule("CCL", "counter-current learning", ccl_loss, FEEDBACK_BY_PAIR_LOSSES,
+         reads=("filter_target", "fused_pair_loss")),
+    Rule("FA", "feedback alignment", fa_loss, FEEDBACK_FIXED,
+         compiles=False),  # each step swaps the forward maps for ones with fixed feedback
+    Rule("DFA", "direct feedback alignment", dfa_loss, FEEDBACK_FIXED, fixed_state=add_direct_feedback),
+    Rule("DRTP", "direct random target projection", drtp_loss, FEEDBACK_FIXED,
+         fixed_state=add_direct_feedback),
+)}
+
+
+def rule_keys() -> dict[str, tuple[str, ...]]:
+    """Each key some rule reads -> the rules that read it."""
+    readers: dict[str, tuple[str, ...]] = {}
+    for rule in RULES.values():
+        for key in rule.reads:
+            readers[key] = (*readers.get(key, ()), rule.name)
+    return readers
+
+
+def rule_names(methods: Sequence[str] = tuple(RULES)) -> str:
+    """'BP (backpropagation), CCL (counter-current learning), ...' for help texts."""
+    return ", ".join(f"{name} ({RULES[name].summary})" for name in methods)
+
+
+def add_fixed_state(rule: Rule, model: DualNetwork, input_shape: Sequence[int], num_classes: int,
+                    seed: int) -> None:
+    """Give a freshly built model the fixed tensors its rule reads (DFA's, DRTP's matrices)."""
+    if rule.fixed_state is not None:
+        rule.fixed_state(model, input_shape, num_classes, seed)

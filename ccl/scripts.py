@@ -17,10 +17,10 @@ from ccl.config import Config
 from ccl.distributed import ONE_PROCESS, World
 from ccl.experiment import Experiment, Script, build
 from ccl.figures import save_reconstructions
-from ccl.losses import cnn_alignment_loss, fused_cnn_alignment_loss, mlp_alignment_loss
+from ccl.losses import cnn_pair_loss, fused_cnn_pair_loss, mlp_pair_loss
 from ccl.objectives import Classification, Reconstruction, flood_threshold
+from ccl.rules import rule_names
 from ccl.run_dir import CONFIG, RunDir, RunDirError
-from utils.data import load_splits
 from utils.data.recipes import CNN_TRANSFORMS, ae_data, cnn_data, mlp_data
 from utils.data.task_transforms import TASK_TRANSFORMS
 from utils.errors import ConfigError
@@ -28,7 +28,7 @@ from utils.errors import ConfigError
 
 def mlp_objective(config: Config, num_classes: int, world: World = ONE_PROCESS) -> Classification:
     # its pair loss is a mean over samples: nothing of the global batch to gather
-    return Classification(num_classes, partial(mlp_alignment_loss, loss_scale_C=config.loss_scale_C),
+    return Classification(num_classes, partial(mlp_pair_loss, loss_scale_C=config.loss_scale_C),
                           flood_threshold(config))
 
 
@@ -40,7 +40,8 @@ def no_schedules(config: Config) -> None:
 
 MLP = Script(
     prog="main_class_mlp.py",
-    description="Train an MLP on MNIST, FashionMNIST, CIFAR-10 or CIFAR-100 with BP, CCL, FA, DFA or DRTP.",
+    description=f"Train an MLP on MNIST, FashionMNIST, CIFAR-10 or CIFAR-100 with one of the rules "
+                f"{rule_names()}.",
     task="classification",
     architectures=("simple_linear",),
     datasets=("MNIST", "FashionMNIST", "CIFAR10", "CIFAR100"),
@@ -56,16 +57,16 @@ MLP = Script(
 def cnn_objective(config: Config, num_classes: int, world: World = ONE_PROCESS) -> Classification:
     scales = {"loss_scale_C": config.loss_scale_C, "loss_scale_ssl": config.loss_scale_ssl}
     if config.fused_pair_loss:  # one process only (World.check)
-        alignment = partial(fused_cnn_alignment_loss, **scales)
+        alignment = partial(fused_cnn_pair_loss, **scales)
     else:  # the Gram term of the samples gathers the global batch's rows
-        alignment = partial(cnn_alignment_loss, **scales, batch=world if world.size > 1 else None)
+        alignment = partial(cnn_pair_loss, **scales, gather_rows=world.gather_rows if world.size > 1 else None)
     return Classification(num_classes, alignment, flood_threshold(config))
 
 
 CNN = Script(
     prog="main_class_cnn.py",
-    description="Train a CNN on CIFAR-10, CIFAR-100, STL-10 (32x32), MNIST or FashionMNIST "
-                "(32x32) with BP, CCL, FA, DFA or DRTP.",
+    description=f"Train a CNN on CIFAR-10, CIFAR-100, STL-10 (32x32), MNIST or FashionMNIST (32x32) "
+                f"with one of the rules {rule_names()}.",
     task="classification",
     architectures=("cnn", "cnn_pool"),
     datasets=tuple(CNN_TRANSFORMS),
@@ -91,15 +92,17 @@ def ae_check(config: Config) -> None:
                           f"bias_init: zero (got {config.bias_init!r})")
 
 
+AE_RULES = ("BP", "CCL")  # the baselines are classification rules
+
 AUTOENCODER = Script(
     prog="main_ae.py",
-    description="Train the STL-10 convolutional autoencoder with BP or CCL.",
+    description=f"Train the STL-10 convolutional autoencoder with {rule_names(AE_RULES)}.",
     task="autoencoder",
     architectures=("cnn_pool_autoencoder", "cnn_stride_autoencoder"),
     datasets=("STL10",),
     make_data=ae_data,
     make_objective=ae_objective,
-    methods=("BP", "CCL"),  # the baselines are classification rules
+    methods=AE_RULES,
     # the released script has no flooding: a config without filter_target means it off
     defaults={"task_transform": "same", "filter_target": 0.0},
     check=ae_check,
@@ -123,7 +126,7 @@ def rebuild(run_dir: RunDir, data_root: Path | None, device: str, best: bool = T
                           f"of {', '.join(BY_PROG)}")
     weights = run_dir.load_best(device) if best else None
     root = Path(data_root or run.get("data_root") or DEFAULT_DATA_ROOT)
-    experiment = build(script, config, load_splits(config.dataset, root, config.seed).to(device), device)
+    experiment = build(script, config, device, data_root=root)
     if weights is not None:
         experiment.model.load_state_dict(weights)
     return experiment

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 from tqdm import tqdm
 
-from ccl.acceleration import training_loss
+from ccl.acceleration import LossFunction, training_loss
 from ccl.analysis import analyse, probe_batch
 from ccl.distributed import ONE_PROCESS, World
 from ccl.distributed.data import shard
@@ -138,6 +138,19 @@ def _better(value: float, best: float, lower_is_better: bool) -> bool:
     return value < best if lower_is_better else value > best
 
 
+def train_step(loss_of: LossFunction, optimizer: DualOptimizer, world: World,
+               inputs: torch.Tensor, targets: torch.Tensor, batch_in_epoch: int = 0) -> torch.Tensor:
+    """One training step, the whole of it: the rule's loss, scaled down during the warm-up,
+    its gradients by `backward()`, averaged over the run's processes (a no-op in one), then
+    centralised, clipped and applied to both networks. The trainer and the benchmark both take
+    their steps here. The loss is returned unread: reading it would wait for the device."""
+    loss = loss_of(inputs, targets)
+    optimizer.warmup_scaled(loss, batch_in_epoch).backward()
+    world.average_gradients(optimizer.parameters)
+    optimizer.step()
+    return loss
+
+
 class Trainer:
     def __init__(self, experiment, run_dir: RunDir, log: Callable[[str], None] = print,
                  loggers: Loggers | None = None):
@@ -162,7 +175,6 @@ class Trainer:
         self.wall_seconds = 0.0  # training and validation before this process's part of the run
         self.clock_started: float | None = None  # when this process's part began
         self.stop = StopRequests()
-        self.parameters = self.optimizer.forward_params + self.optimizer.feedback_params
 
     # --- checkpoints -----------------------------------------------------------------------
     def checkpoint(self) -> dict:
@@ -237,10 +249,7 @@ class Trainer:
         bar = tqdm(batches, total=len(loader), initial=progress.batch, disable=None, leave=False,
                    desc=f"epoch {progress.epoch + 1}/{self.config.epochs}", dynamic_ncols=True)
         for inputs, targets in bar:
-            loss = self.training_loss(inputs, targets)
-            self.optimizer.warmup_scaled(loss, progress.batch).backward()
-            self.world.average_gradients(self.parameters)  # several processes: the global batch's gradient
-            self.optimizer.step()
+            loss = train_step(self.training_loss, self.optimizer, self.world, inputs, targets, progress.batch)
             monitor.observe(loss, len(targets))
             progress.batch += 1
             if self.optimizer.steps_taken % DIVERGENCE_CHECK_EVERY == 0:
@@ -299,7 +308,7 @@ class Trainer:
         """Measure the model on the probe batch; `analyse` leaves the model and the random
         states as they were, so the training goes on bit-identical."""
         started = time.perf_counter()
-        record = {"epoch": epoch, **analyse(self.model, self.objective, self.rule, *self.probe)}
+        record = {"epoch": epoch, **analyse(self.model, self.objective, self.rule.loss, *self.probe)}
         self.analysis.append(record)
         self.loggers.analysis(record)
         self.log(f"analysis of epoch {epoch} ({len(self.probe[1])} validation samples, "

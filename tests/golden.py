@@ -216,7 +216,7 @@ def assert_steps_match(golden: dict, config, model, task, late_gradients_by_norm
     for index, expected in enumerate(golden["steps"]):
         for record in (outputs, signals, received):
             record.clear()
-        loss = rule(model, task, x, targets)
+        loss = rule.loss(model, task, x, targets)
         assert loss.item() == pytest.approx(expected["total_loss"], rel=LOSS_RTOL), f"step {index}"
         _assert_shapes_match(x, outputs, signals, expected)
         _assert_output_matches(outputs[-1], targets, expected, index)

@@ -1,6 +1,7 @@
 """tests/launch.py for one rank of a torchrun run, with two hooks (environment variables):
 RANK_PIDS=DIR: each rank writes its process id to DIR/rank<R>, for a test to kill it;
 SIGNAL_AT=R:S: rank R alone sends itself SIGTERM while training step S (from 1) computes its loss."""
+import dataclasses
 import itertools
 import os
 import signal
@@ -16,14 +17,14 @@ RANK = int(os.environ["RANK"])
 def signal_at(step: int) -> None:
     from ccl.rules import RULES
 
-    original, steps = RULES["CCL"], itertools.count(1)
+    original, steps = RULES["CCL"].loss, itertools.count(1)
 
     def rule(*args):
         if next(steps) == step:
             os.kill(os.getpid(), signal.SIGTERM)
         return original(*args)
 
-    RULES["CCL"] = rule
+    RULES["CCL"] = dataclasses.replace(RULES["CCL"], loss=rule)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from ccl.analysis import (analyse, angle_deg, cka_matrix, feedback_weight_as_forward,
                           gradient_angles, linear_cka, weight_cosines)
-from ccl.losses import mlp_alignment_loss
+from ccl.losses import mlp_pair_loss
 from ccl.rules import bp_loss, ccl_loss
 from ccl.objectives import Classification, Reconstruction
 from models import LayerOptions, mlp
@@ -23,7 +23,7 @@ CLASSES = SIZES[-1]
 
 
 def _classification(flood_threshold=None):
-    return Classification(CLASSES, partial(mlp_alignment_loss, loss_scale_C=1.0), flood_threshold)
+    return Classification(CLASSES, partial(mlp_pair_loss, loss_scale_C=1.0), flood_threshold)
 
 
 def _mlp_probe(seed=0, options=LayerOptions(), samples=16):
@@ -108,7 +108,7 @@ def test_cka_matrix_of_the_cnn_flattens_every_map():
     torch.manual_seed(0)
     model = cnn(1, 3, LayerOptions(), pooled=True)
     x, y = torch.randn(6, 1, 32, 32), torch.tensor([0, 1, 2, 0, 1, 2])
-    task = Classification(3, partial(mlp_alignment_loss, loss_scale_C=1.0), None)
+    task = Classification(3, partial(mlp_pair_loss, loss_scale_C=1.0), None)
     matrix = torch.tensor(cka_matrix(model, task, x, y))
     assert matrix.shape == (6, 6)
     assert torch.isfinite(matrix).all() and (matrix >= -1e-9).all() and (matrix <= 1 + 1e-9).all()
@@ -177,7 +177,7 @@ def _explicit_ccl_gradient(model, task, x, y, layer):
         loss = F.cross_entropy(activations[-1], y)
     else:
         signals = model.feedback(task.feedback_input(y), detach=True)
-        loss = mlp_alignment_loss(activations[layer], signals[layer], F.one_hot(y, CLASSES).float(),
+        loss = mlp_pair_loss(activations[layer], signals[layer], F.one_hot(y, CLASSES).float(),
                                   loss_scale_C=1.0)
     return torch.autograd.grad(loss, weight)[0]
 

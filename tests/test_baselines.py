@@ -16,14 +16,14 @@ import torch
 import torch.nn.functional as F
 from conftest import REPO
 from golden import load_fixture
-from runs import outcome, run_mlp
+from runs import outcome, run_mlp, with_loss
 
 import ccl.experiment as experiment
 from ccl.bench.cli import main as bench
 from ccl.bench.flops import step_flops
 from ccl.fixed_feedback import direct_feedback, feedback_weight_as_forward
 from ccl.optim import DualOptimizer
-from ccl.rules import RULES, add_fixed_feedback, bp_loss, dfa_loss, drtp_loss, fa_loss, output_error
+from ccl.rules import RULES, add_fixed_state, bp_loss, dfa_loss, drtp_loss, fa_loss, output_error
 from ccl.scripts import AUTOENCODER, CNN
 from ccl.scripts import mlp_objective as make_task
 from models import LayerOptions, cnn, mlp
@@ -43,12 +43,16 @@ def _config(**changes):
     return build_config(load_fixture("mlp_mnist_ccl.pt")["config"], changes, {}, "test")
 
 
+def _add_fixed_state(config, model, input_shape, num_classes) -> None:
+    add_fixed_state(RULES[config.method], model, input_shape, num_classes, config.seed)
+
+
 def _mlp(sizes=SIZES, method="DFA", seed=0):
     """An MLP with the fixed matrices of `method`, a batch, and the MLP script's task."""
     torch.manual_seed(seed)
     model = mlp(sizes, LayerOptions())
     config = _config(method=method)
-    add_fixed_feedback(config, model, (sizes[0],), sizes[-1])
+    _add_fixed_state(config, model, (sizes[0],), sizes[-1])
     x, y = torch.randn(12, sizes[0]), torch.randint(0, sizes[-1], (12,))
     return model, make_task(config, sizes[-1]), x, y
 
@@ -56,7 +60,7 @@ def _mlp(sizes=SIZES, method="DFA", seed=0):
 def _cnn(pooled: bool, fw_bn: int, method="DFA"):
     torch.manual_seed(0)
     model = cnn(3, 10, LayerOptions(fw_bn=fw_bn, bias_init="none"), pooled=pooled)
-    add_fixed_feedback(_config(method=method), model, (3, 32, 32), 10)
+    _add_fixed_state(_config(method=method), model, (3, 32, 32), 10)
     return model, make_task(_config(), 10), torch.randn(3, 3, 32, 32), torch.randint(0, 10, (3,))
 
 
@@ -182,7 +186,7 @@ def test_direct_rules_run_on_every_network(network, method):
 @pytest.mark.parametrize("method", RULES)
 def test_every_rule_trains_the_output_layer_as_backprop(method):
     model, task, x, y = _mlp()
-    grads = _grads(RULES[method], model, task, x, y)
+    grads = _grads(RULES[method].loss, model, task, x, y)
     torch.testing.assert_close(grads[_top(model)], _grads(bp_loss, model, task, x, y)[_top(model)])
 
 
@@ -197,7 +201,7 @@ def test_the_feedback_network_never_trains_under_a_baseline(method):
     forward = [p.detach().clone() for p in model.forward_parameters()]
     optimizer = DualOptimizer(model, config)
     for _ in range(3):
-        RULES[method](model, task, x, y).backward()
+        RULES[method].loss(model, task, x, y).backward()
         optimizer.step()
     state = model.state_dict()
     assert all(torch.equal(state[name], value) for name, value in fixed.items())
@@ -210,7 +214,7 @@ def test_the_fixed_projections_come_from_the_seed_alone():
     def projections(seed):
         model = mlp(SIZES, LayerOptions())
         state = torch.get_rng_state()
-        add_fixed_feedback(_config(method="DRTP", seed=seed), model, (SIZES[0],), SIZES[-1])
+        _add_fixed_state(_config(method="DRTP", seed=seed), model, (SIZES[0],), SIZES[-1])
         assert torch.equal(torch.get_rng_state(), state)
         return [t.clone() for t in direct_feedback(model)]
 
@@ -224,7 +228,7 @@ def test_the_fixed_projections_come_from_the_seed_alone():
 def test_rules_without_projections_keep_the_state_dict(method):
     model = mlp(SIZES, LayerOptions())
     keys = list(model.state_dict())
-    add_fixed_feedback(_config(method=method), model, (SIZES[0],), SIZES[-1])
+    _add_fixed_state(_config(method=method), model, (SIZES[0],), SIZES[-1])
     assert list(model.state_dict()) == keys
 
 
@@ -232,14 +236,14 @@ def test_rules_without_projections_keep_the_state_dict(method):
 
 def sigterm_at_step(monkeypatch, method: str, at_step: int) -> None:
     """Send this process SIGTERM while global step `at_step` (1-based) computes its loss."""
-    original, steps = RULES[method], itertools.count(1)
+    original, steps = RULES[method].loss, itertools.count(1)
 
     def rule(*args):
         if next(steps) == at_step:
             os.kill(os.getpid(), signal.SIGTERM)
         return original(*args)
 
-    monkeypatch.setitem(RULES, method, rule)
+    monkeypatch.setitem(RULES, method, with_loss(method, rule))
 
 
 def _run_args(data_root, out, config="mnist_dfa", *extra):
@@ -261,7 +265,7 @@ def test_a_stopped_baseline_run_resumes_exactly(tiny_mnist, tmp_path, monkeypatc
     assert outcome(out) == outcome(tmp_path / "whole")
     if method in DIRECT:  # the run's projections are the seed's, in best.pt and checkpoint.pt
         model = mlp([784, 256, 256, 256, 256, 256, 10], LayerOptions())
-        add_fixed_feedback(_config(method=method, seed=2023), model, (784,), 10)
+        _add_fixed_state(_config(method=method, seed=2023), model, (784,), 10)
         best = torch.load(out / "best.pt", weights_only=True)
         checkpoint = torch.load(out / "checkpoint.pt", weights_only=True)["model"]
         for index, matrix in enumerate(direct_feedback(model), start=1):
@@ -360,7 +364,7 @@ def test_the_flops_of_a_tiny_mlp_step_are_the_hand_count(method):
     x, y = torch.randn(batch, sizes[0]), torch.randint(0, sizes[-1], (batch,))
     optimizer = DualOptimizer(model, _config(method=method))
     loss_flops, backward_flops, update_flops = step_flops(
-        lambda inputs, targets: RULES[method](model, task, inputs, targets), optimizer, x, y)
+        lambda inputs, targets: RULES[method].loss(model, task, inputs, targets), optimizer, x, y)
     assert (loss_flops + backward_flops) / batch == hand_count(sizes, method, batch)
     assert update_flops == 0  # elementwise: FlopCounterMode counts products only
 

@@ -4,6 +4,7 @@
 
 A CCL step on CUDA gives the CPU's numbers (with TF32 off, so that float32 means float32 on
 both), every entry script trains on CUDA end to end, and a run stopped on CUDA resumes there."""
+import dataclasses
 import json
 import signal
 
@@ -101,9 +102,9 @@ def test_a_run_stopped_on_cuda_resumes_there(tiny_mnist, tmp_path, monkeypatch):
         calls.append(None)
         if len(calls) == 25:
             signal.raise_signal(signal.SIGTERM)
-        return original(*rule_args)
+        return original.loss(*rule_args)
 
-    monkeypatch.setitem(RULES, "CCL", stopping_rule)
+    monkeypatch.setitem(RULES, "CCL", dataclasses.replace(original, loss=stopping_rule))
     out = tmp_path / "run"
     assert run_mlp(*args, "--out_dir", str(out)) == 128 + signal.SIGTERM
     monkeypatch.setitem(RULES, "CCL", original)

@@ -12,7 +12,7 @@ import torch
 from ccl.experiment import EXIT_DIVERGED
 from ccl.rules import RULES
 from ccl.trainer import DIVERGENCE_CHECK_EVERY, Diverged, DivergenceMonitor
-from runs import MLP_YAML, run_mlp
+from runs import MLP_YAML, run_mlp, with_loss
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 BATCHES = 17  # per epoch of the tiny data in batches of 32
@@ -26,14 +26,14 @@ def run_args(data_root, out, *extra):
 def tamper(monkeypatch, method: str, at_step: int, action) -> list[int]:
     """Wrap the rule so that `action(model, loss) -> loss` runs at global step `at_step`;
     returns a list that counts the steps the run took."""
-    original, calls = RULES[method], []
+    original, calls = RULES[method].loss, []
 
     def rule(model, task, inputs, targets):
         calls.append(1)
         loss = original(model, task, inputs, targets)
         return action(model, loss) if len(calls) == at_step else loss
 
-    monkeypatch.setitem(RULES, method, rule)
+    monkeypatch.setitem(RULES, method, with_loss(method, rule))
     return calls
 
 
@@ -93,7 +93,7 @@ def test_a_stop_never_checkpoints_a_diverged_model(tiny_mnist, tmp_path, monkeyp
     out = tmp_path / "run"
     steps = itertools.count(1)
 
-    def rule(model, task, inputs, targets, original=RULES["CCL"]):
+    def rule(model, task, inputs, targets, original=RULES["CCL"].loss):
         step = next(steps)
         loss = original(model, task, inputs, targets)
         if step == BATCHES + 2:
@@ -102,7 +102,7 @@ def test_a_stop_never_checkpoints_a_diverged_model(tiny_mnist, tmp_path, monkeyp
             os.kill(os.getpid(), signal.SIGTERM)
         return loss
 
-    monkeypatch.setitem(RULES, "CCL", rule)
+    monkeypatch.setitem(RULES, "CCL", with_loss("CCL", rule))
     assert run_mlp(*run_args(tiny_mnist[0], out)) == EXIT_DIVERGED
     assert results_of(out)["diverged_at_step"] == BATCHES + 2
     checkpoint = torch.load(out / "checkpoint.pt", weights_only=True)

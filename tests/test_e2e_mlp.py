@@ -11,6 +11,7 @@ import yaml
 import ccl.experiment as experiment
 from ccl.scripts import MLP
 from conftest import REPO
+from runs import with_loss
 
 YAML = str(REPO / "yaml/mlp/mnist_ccl.yaml")
 
@@ -109,7 +110,7 @@ def test_an_operator_without_a_deterministic_kernel_is_a_clear_error(tiny_mnist,
         assert torch.are_deterministic_algorithms_enabled()
         raise RuntimeError("upsample_bilinear2d_backward_out_cuda does not have a deterministic "
                            "implementation, but you set 'torch.use_deterministic_algorithms(True)'.")
-    monkeypatch.setitem(rules.RULES, "CCL", nondeterministic)
+    monkeypatch.setitem(rules.RULES, "CCL", with_loss("CCL", nondeterministic))
     assert run_mlp("--yaml", YAML, "--data_root", str(tiny_mnist[0]), "--epochs", "1",
                    "--out_dir", str(tmp_path / "run"), "--deterministic", "1") == 2
     err = capsys.readouterr().err

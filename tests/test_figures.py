@@ -15,7 +15,7 @@ from ccl.figures.cli import main as figures_main
 from ccl.analysis import analyse
 from ccl.cli import parse_command_line
 from ccl.config import config_yaml
-from ccl.losses import mlp_alignment_loss
+from ccl.losses import mlp_pair_loss
 from ccl.rules import ccl_loss
 from ccl.objectives import Classification
 from conftest import REPO
@@ -154,7 +154,7 @@ def test_analyse_records_draw_as_they_come(tmp_path):
     """The record of ccl.analysis.analyse, with its epoch, is a line of analysis.jsonl."""
     torch.manual_seed(0)
     model = mlp([6, 5, 3], LayerOptions())
-    task = Classification(3, partial(mlp_alignment_loss, loss_scale_C=1.0), None)
+    task = Classification(3, partial(mlp_pair_loss, loss_scale_C=1.0), None)
     x, y = torch.randn(8, 6), torch.randint(0, 3, (8,))
     run = tmp_path / "analysed"
     run.mkdir()

@@ -10,7 +10,7 @@ import torch
 import ccl.experiment as experiment
 from ccl.scripts import CNN, cnn_objective
 from ccl.bench.cases import load_config
-from ccl.losses import cnn_alignment_loss, fused_cnn_alignment_loss
+from ccl.losses import cnn_pair_loss, fused_cnn_pair_loss
 from conftest import REPO
 from golden import assert_steps_match, golden_model_and_objective, load_fixture
 
@@ -36,7 +36,7 @@ def test_value_and_gradients_equal_the_released_loss(flooded):
         keep = torch.ones(len(a), dtype=torch.float64)
         keep[::3] = 0.0  # rows zeroed before the normalisation, as flooding does
     results = []
-    for pair_loss in (cnn_alignment_loss, fused_cnn_alignment_loss):
+    for pair_loss in (cnn_pair_loss, fused_cnn_pair_loss):
         loss = pair_loss(a, b, onehot, keep, **SCALES)
         results.append((loss, *torch.autograd.grad(loss * 1.7, (a, b))))
     for released, fused in zip(*results):
@@ -48,7 +48,7 @@ def test_value_and_gradients_equal_the_released_loss(flooded):
 def test_backward_agrees_with_finite_differences():
     a, b, onehot = conv_pair(batch=6, classes=3)
     assert torch.autograd.gradcheck(
-        lambda a, b: fused_cnn_alignment_loss(a, b, onehot, **SCALES), (a, b))
+        lambda a, b: fused_cnn_pair_loss(a, b, onehot, **SCALES), (a, b))
 
 
 def test_golden_cnn_steps_are_reproduced():
@@ -58,7 +58,7 @@ def test_golden_cnn_steps_are_reproduced():
         return cnn_objective(config.replace(fused_pair_loss=1), num_classes)
 
     config, model, task = golden_model_and_objective(golden, make_task)
-    assert task.alignment.func is fused_cnn_alignment_loss
+    assert task.alignment.func is fused_cnn_pair_loss
     assert_steps_match(golden, config, model, task)
 
 
@@ -81,4 +81,4 @@ def test_a_cnn_run_trains_with_it(tiny_cnn_data, tmp_path, precision):
 def test_bp_warns_that_it_ignores_the_key():
     config, script = load_config("yaml/cnn/mnist_bp.yaml", {"fused_pair_loss": 1})
     assert script.warnings(config) == [
-        "fused_pair_loss is ignored with method BP: it computes CCL's layer-pair losses"]
+        "fused_pair_loss is ignored with method BP: only CCL reads it"]

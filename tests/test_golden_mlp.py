@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ccl.losses import ae_pair_loss, cnn_alignment_loss, flooding_keep_mask, mlp_alignment_loss
+from ccl.losses import ae_pair_loss, cnn_pair_loss, flooding_keep_mask, mlp_pair_loss
 from ccl.optim import DualOptimizer
 from golden import assert_matches_summary, assert_steps_match, golden_model_and_objective, load_fixture
 from ccl.scripts import mlp_objective as make_task
@@ -33,10 +33,10 @@ def _case_id(case):
 def test_local_loss_matches_released_code(case):
     kind = case["kind"]
     if kind == "mlp":
-        loss = mlp_alignment_loss(case["A"], case["B"], _onehot(case), _keep(case),
+        loss = mlp_pair_loss(case["A"], case["B"], _onehot(case), _keep(case),
                                   loss_scale_C=case["loss_scale_C"])
     elif kind == "cnn":
-        loss = cnn_alignment_loss(case["A"], case["B"], _onehot(case), _keep(case),
+        loss = cnn_pair_loss(case["A"], case["B"], _onehot(case), _keep(case),
                                   loss_scale_C=case["loss_scale_C"], loss_scale_ssl=case["loss_scale_ssl"])
     else:
         loss_scale_D = case["loss_scale_D"] if kind == "ae" else None

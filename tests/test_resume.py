@@ -20,7 +20,7 @@ import utils.data.mnist as mnist
 from ccl.scripts import MLP
 from ccl.experiment import main
 from ccl.rules import RULES
-from runs import MLP_YAML, outcome, run_mlp, start_mlp, wait_for_file
+from runs import MLP_YAML, outcome, run_mlp, start_mlp, wait_for_file, with_loss
 from tiny_data import write_checksum_file, write_idx_dataset
 from utils.data import BatchLoader
 
@@ -78,14 +78,14 @@ def released_reference(tiny, one_thread, tmp_path_factory):
 def signals_at_steps(monkeypatch, plan: dict[int, list[int]]) -> None:
     """Deliver real signals to this process while the training step `step` (1-based, over
     the whole run) computes its loss: {step: [signal, ...]}."""
-    original, steps = RULES["CCL"], itertools.count(1)
+    original, steps = RULES["CCL"].loss, itertools.count(1)
 
     def rule(*args):
         for number in plan.get(next(steps), []):
             os.kill(os.getpid(), number)
         return original(*args)
 
-    monkeypatch.setitem(RULES, "CCL", rule)
+    monkeypatch.setitem(RULES, "CCL", with_loss("CCL", rule))
 
 
 def checkpoint_progress(run_dir):

@@ -5,9 +5,38 @@ import os
 import random
 from collections.abc import Iterator
 from contextlib import contextmanager
+from enum import IntEnum, unique
 
 import numpy as np
 import torch
+
+
+@unique
+class Stream(IntEnum):
+    """The run's random streams beside the global generators (which draw the initial weights):
+    each is a generator of its own, seeded by `stream_seed(seed, stream, epoch)`, so that no
+    stream shifts another. An id never changes meaning: a new stream takes a new one."""
+
+    ORDER = 0  # the training batches' order, per epoch (utils/data/loader.py)
+    AUGMENT = 1  # the training batches' random transforms, per epoch
+    DIRECT_FEEDBACK = 2  # DFA's and DRTP's fixed projections (ccl/fixed_feedback.py)
+    PROBE = 3  # the random transforms of the analysis's probe batch (ccl/analysis)
+    VALIDATION_AUGMENT = 4  # the validation batches' transforms under `augment_validation: 1`
+
+
+def derived_seed(*entropy: int) -> int:
+    """A well-mixed 63-bit seed from a few integers (NumPy's SeedSequence)."""
+    return int(np.random.SeedSequence(list(entropy)).generate_state(1, dtype=np.uint64)[0] >> 1)
+
+
+def stream_seed(seed: int, stream: Stream, epoch: int = 0) -> int:
+    """The seed of `stream` (in `epoch`, for the streams drawn anew each epoch) of the run
+    seeded `seed`. DFA's and DRTP's projections keep the seed the measured runs drew them from,
+    derived_seed(seed, 2): SeedSequence pads its input with zeros, so that seed is also the one
+    of epoch 2's batch order (docs/FIDELITY.md)."""
+    if stream == Stream.DIRECT_FEEDBACK:
+        return derived_seed(seed, stream)
+    return derived_seed(seed, epoch, stream)
 
 
 def set_seed(seed: int) -> None:

@@ -61,20 +61,16 @@ from contextlib import contextmanager
 import torch
 
 from ccl.fixed_feedback import feedback_weight_as_forward
-from ccl.rules import bp_loss
-from utils.data.loader import BatchLoader, derived_seed
-
-Rule = Callable[..., torch.Tensor]  # (model, objective, inputs, targets) -> loss
-# seeds the batch maker's random transforms of the probe (augment_validation, the autoencoder's
-# DropColor and RandCrop), apart from the streams of utils/data/recipes.py
-PROBE_STREAM = 3
+from ccl.rules import RuleLoss, bp_loss
+from utils.data.loader import BatchLoader
+from utils.seed import Stream, stream_seed
 
 
 def probe_batch(loader: BatchLoader, samples: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(inputs, targets) of the first `samples` images of the loader's split (all of them when
     it has fewer), made as its batches are: classification targets are labels, the
     autoencoder's come from its task transform."""
-    generator = torch.Generator(device=loader.images.device).manual_seed(derived_seed(seed, PROBE_STREAM))
+    generator = torch.Generator(device=loader.images.device).manual_seed(stream_seed(seed, Stream.PROBE))
     return loader.make_batch(loader.images[:samples], loader.labels[:samples], generator)
 
 
@@ -192,7 +188,7 @@ def angle_deg(u: torch.Tensor, v: torch.Tensor) -> float:
     return math.degrees(2 * math.atan2(float((u - v).norm()), float((u + v).norm())))
 
 
-def forward_weight_gradients(model, objective, rule: Rule, inputs: torch.Tensor,
+def forward_weight_gradients(model, objective, rule: RuleLoss, inputs: torch.Tensor,
                              targets: torch.Tensor) -> list[torch.Tensor]:
     """The gradient of `rule`'s loss with respect to each layer's forward weight, in train
     mode; zero for a weight the loss does not reach. `.grad` fields are left alone."""
@@ -204,7 +200,7 @@ def forward_weight_gradients(model, objective, rule: Rule, inputs: torch.Tensor,
     return [torch.zeros_like(w) if g is None else g for w, g in zip(weights, grads)]
 
 
-def gradient_angles(model, objective, rule: Rule, inputs: torch.Tensor,
+def gradient_angles(model, objective, rule: RuleLoss, inputs: torch.Tensor,
                     targets: torch.Tensor) -> list[float]:
     """grad_angle_deg[l - 1]: the rule's gradient of forward weight l against backprop's of the
     output loss (see the module docstring)."""
@@ -231,7 +227,7 @@ def _json_number(value: float) -> float | None:
     return float(value) if math.isfinite(value) else None
 
 
-def analyse(model, objective, rule: Rule, inputs: torch.Tensor, targets: torch.Tensor) -> dict:
+def analyse(model, objective, rule: RuleLoss, inputs: torch.Tensor, targets: torch.Tensor) -> dict:
     """The three measures on the probe batch (inputs, targets), JSON-ready:
     {"layers": ["layer1", ...], "cka": [[...] * L] * L, "weight_cosine": [...] * L,
      "grad_angle_deg": [...] * L}, plain floats, null where undefined. The model and the random

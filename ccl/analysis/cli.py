@@ -65,7 +65,7 @@ def analyse_best(run_dir: RunDir, split: str, samples: int, data_root: Path | No
     loader = getattr(experiment.data, split)
     inputs, targets = probe_batch(loader, samples, experiment.config.seed)
     return {"epoch": best_epoch(run_dir, experiment.config), "split": split, "samples": len(targets),
-            **analyse(experiment.model, experiment.objective, experiment.rule, inputs, targets),
+            **analyse(experiment.model, experiment.objective, experiment.rule.loss, inputs, targets),
             "weight_change": weight_changes(experiment.model, initial)}
 
 

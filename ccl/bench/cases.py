@@ -14,6 +14,7 @@ from ccl.acceleration import LossFunction, check_supported, training_loss
 from ccl.config import Config, build_config, read_yaml_sections
 from ccl.experiment import Experiment, Script, build
 from ccl.optim import DualOptimizer
+from ccl.trainer import train_step
 from ccl.scripts import BY_CONFIG_FOLDER
 from utils.data import SOURCE_OF, SOURCES, Splits
 from utils.data.datasets import VAL_FRACTION
@@ -90,11 +91,8 @@ class Case:
         return self.experiment.model
 
     def step(self, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """One training step as the trainer takes it."""
-        loss = self.loss(inputs, targets)
-        self.optimizer.warmup_scaled(loss).backward()
-        self.optimizer.step()
-        return loss
+        """One training step, the trainer's own."""
+        return train_step(self.loss, self.optimizer, self.experiment.world, inputs, targets)
 
 
 def build_case(config: Config, script: Script, splits: Splits, device) -> Case:
@@ -103,7 +101,7 @@ def build_case(config: Config, script: Script, splits: Splits, device) -> Case:
         # The code compiled for earlier cases is of no use to this one, and torch.compile stops
         # compiling a function (and silently runs it eagerly) after a few recompilations.
         torch._dynamo.reset()
-    experiment = build(script, config, splits, device)
+    experiment = build(script, config, device, splits=splits)
     optimizer = DualOptimizer(experiment.model, config)
     # time the steady state: past the warm-up, whose loss scaling costs a kernel more
     optimizer.steps_taken = config.warmup

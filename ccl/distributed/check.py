@@ -39,7 +39,8 @@ def train(config_path: str, overrides: dict, device: str, sizes: Sequence[int], 
     the initial and final state (on the CPU), the metrics and the time per step."""
     config, script = load_config(config_path, overrides)
     world.check(config, uses_fused_pair_loss="fused_pair_loss" not in script.ignored)
-    experiment = build(script, config, synthetic_splits(config.dataset, tuple(sizes), device), device, world)
+    experiment = build(script, config, device, world,
+                       splits=synthetic_splits(config.dataset, tuple(sizes), device))
     initial = {name: value.detach().cpu().clone() for name, value in experiment.model.state_dict().items()}
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats(device)

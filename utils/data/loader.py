@@ -9,20 +9,15 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterator
 
-import numpy as np
 import torch
 
 from utils.data.task_transforms import TaskTransform
 from utils.data.transforms import Transform
+from utils.seed import Stream, stream_seed
 
 # (uint8 images, labels, generator) -> (inputs, targets) of one batch
 BatchMaker = Callable[[torch.Tensor, torch.Tensor, "torch.Generator | None"],
                       tuple[torch.Tensor, torch.Tensor]]
-
-
-def derived_seed(*entropy: int) -> int:
-    """A well-mixed 63-bit seed for one stream of one epoch of one run."""
-    return int(np.random.SeedSequence(list(entropy)).generate_state(1, dtype=np.uint64)[0] >> 1)
 
 
 def classification_batch(transform: Transform) -> BatchMaker:
@@ -40,8 +35,6 @@ def reconstruction_batch(transform: Transform, task: TaskTransform) -> BatchMake
 
 
 class BatchLoader:
-    ORDER_STREAM, AUGMENT_STREAM = 0, 1
-
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int,
                  make_batch: BatchMaker, *, shuffle: bool, seed: int = 0, max_batches: int = 0):
         if len(images) != len(labels):
@@ -65,7 +58,7 @@ class BatchLoader:
     def order(self, epoch: int) -> torch.Tensor | None:
         if not self.shuffle:
             return None
-        cpu = torch.Generator().manual_seed(derived_seed(self.seed, epoch, self.ORDER_STREAM))
+        cpu = torch.Generator().manual_seed(stream_seed(self.seed, Stream.ORDER, epoch))
         return torch.randperm(self.num_samples, generator=cpu).to(self.images.device)
 
     def epoch(self, epoch: int = 0, start: int = 0,
@@ -73,7 +66,7 @@ class BatchLoader:
         """The batches of `epoch` from batch index `start`. Resuming mid-epoch passes the
         augmentation generator's state saved at that batch."""
         if generator_state is None:
-            self.generator.manual_seed(derived_seed(self.seed, epoch, self.AUGMENT_STREAM))
+            self.generator.manual_seed(stream_seed(self.seed, Stream.AUGMENT, epoch))
         else:
             self.generator.set_state(generator_state)
         order = self.order(epoch)

@@ -5,13 +5,13 @@ import math
 from dataclasses import dataclass
 
 from utils.data.datasets import Splits
-from utils.data.loader import BatchLoader, classification_batch, derived_seed, reconstruction_batch
+from utils.data.loader import BatchLoader, classification_batch, reconstruction_batch
 from utils.data.task_transforms import TASK_TRANSFORMS
 from utils.data.transforms import (Compose, Normalize, RandomCrop, Resize, flatten, random_hflip,
                                    to_unit_range)
+from utils.seed import Stream, stream_seed
 
 EVAL_BATCH_FACTOR = 4  # evaluation batches are larger: no gradients are kept
-VALIDATION_STREAM = 2  # seeds the validation augmentation (`augment_validation: 1`) apart from training's
 
 # main_class_mlp.py: to [0, 1], normalise with the dataset's statistics, flatten.
 MLP_NORMALISATION = {
@@ -60,7 +60,7 @@ def make_loaders(config, splits: Splits, train_batch, eval_batch) -> tuple[Batch
     return (BatchLoader(*splits.train, config.batchsize, train_batch, shuffle=True,
                         seed=config.seed, max_batches=config.train_batches_per_epoch),
             BatchLoader(*splits.val, eval_size, val_batch, shuffle=False,
-                        seed=derived_seed(config.seed, VALIDATION_STREAM)),
+                        seed=stream_seed(config.seed, Stream.VALIDATION_AUGMENT)),
             BatchLoader(*splits.test, eval_size, eval_batch, shuffle=False))
 
 
