@@ -1,5 +1,5 @@
 """Fixed random feedback: the matrices through which the three baseline rules (FA, DFA, DRTP,
-ccl/rules.py) send learning signals backwards instead of the transposed forward weights.
+ccl/rules.py) send errors backwards instead of the transposed forward weights.
 
 Feedback alignment (FA) backpropagates through the forward network, but every forward map hands
 the error to its input through a fixed matrix V in place of its own transposed weight W^T. V is
@@ -17,7 +17,7 @@ When V is W's exact adjoint (linear: V = W^T; conv: V = W.transpose(0, 1).flip(2
 conv2d(., V) equals conv_transpose2d(., W) at stride 1, padding 1), both give backprop's gradient.
 
 Direct feedback alignment (DFA) and direct random target projection (DRTP) give every hidden
-layer l a signal through its own fixed C x D_l matrix (C classes, D_l the flattened size of the
+layer l a gradient through its own fixed C x D_l matrix (C classes, D_l the flattened size of the
 layer's output), stored as buffers `direct_feedback1..` of the network: they travel with its
 state dict (best.pt, checkpoint.pt) and leave the parameters, and so the optimizers, alone.
 """
@@ -169,7 +169,7 @@ def hidden_output_sizes(network: DualNetwork, input_shape: Sequence[int]) -> lis
 def draw_projection(num_classes: int, size: int, generator: torch.Generator) -> torch.Tensor:
     """A C x D matrix uniform in +-1/sqrt(D): drawn as PyTorch draws the weight of a
     Linear(D, C), the map from the hidden layer straight to the output that a direct rule acts
-    as if it had. The top hidden layer's signal e @ B then has the distribution of backprop's
+    as if it had. The top hidden layer's gradient e @ B then has the distribution of backprop's
     e @ W at initialisation, so the rules start at BP's scale under BP's learning rate and
     gradient clip (docs/REPRODUCTION.md, "The baselines")."""
     bound = 1 / math.sqrt(size)
@@ -201,22 +201,22 @@ def direct_feedback(network: DualNetwork) -> list[torch.Tensor]:
     return [buffers[name] for name in names]
 
 
-class _SignalAt(torch.autograd.Function):
-    """A zero whose gradient with respect to `output` is `signal`: it hands a layer's output the
-    learning signal of a direct rule while the loss keeps the value of the output loss alone."""
+class _GradientAt(torch.autograd.Function):
+    """A zero whose gradient with respect to `output` is `gradient`: it hands a layer's output
+    the gradient a direct rule gives it while the loss keeps the value of the output loss alone."""
 
     @staticmethod
-    def forward(ctx, output, signal):
-        ctx.save_for_backward(signal)
+    def forward(ctx, output, gradient):
+        ctx.save_for_backward(gradient)
         return output.new_zeros(())
 
     @staticmethod
     def backward(ctx, grad):
-        signal, = ctx.saved_tensors
-        return signal * grad, None
+        gradient, = ctx.saved_tensors
+        return gradient * grad, None
 
 
-def signal_at(output: torch.Tensor, signal: torch.Tensor) -> torch.Tensor:
-    """A zero-valued loss term that gives `output` the gradient `signal` (N x D_l, reshaped to
-    the output's maps for a conv layer)."""
-    return _SignalAt.apply(output, signal.reshape(output.shape))
+def gradient_at(output: torch.Tensor, gradient: torch.Tensor) -> torch.Tensor:
+    """A zero-valued loss term that gives `output` the gradient `gradient` (N x D_l, reshaped
+    to the output's maps for a conv layer)."""
+    return _GradientAt.apply(output, gradient.reshape(output.shape))

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ccl.fixed_feedback import add_direct_feedback, direct_feedback, feedback_aligned, signal_at
+from ccl.fixed_feedback import add_direct_feedback, direct_feedback, feedback_aligned, gradient_at
 from models.network import DualNetwork
 
 # (model, objective, inputs, targets) -> the loss whose backward pass gives the gradients
@@ -44,21 +44,21 @@ def fa_loss(model: DualNetwork, objective, inputs: torch.Tensor, targets: torch.
 
 def output_error(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """softmax(logits) - one-hot, over N: the gradient of the mean cross-entropy at the logits,
-    so the hidden layers' signals have the scale of backprop's gradients."""
+    so the gradients DFA gives the hidden layers have the scale of backprop's gradients."""
     probabilities = logits.detach().softmax(dim=1)
     return (probabilities - F.one_hot(labels, logits.shape[1]).to(probabilities.dtype)) / len(labels)
 
 
 def projected_errors(logits: torch.Tensor, labels: torch.Tensor,
                      projections: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-    """DFA's signals: the output error through each hidden layer's matrix, e @ B_l."""
+    """The gradients DFA gives the hidden layers: the output error through each hidden layer's matrix, e @ B_l."""
     error = output_error(logits, labels)
     return [error @ projection for projection in projections]
 
 
 def projected_targets(logits: torch.Tensor, labels: torch.Tensor,
                       projections: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-    """DRTP's signals: the one-hot targets over N through each hidden layer's matrix,
+    """The gradients DRTP gives the hidden layers: the one-hot targets over N through each hidden layer's matrix,
     (one-hot / N) @ B_l, which is the row of B_l each label picks: no multiplication."""
     return [projection[labels] / len(labels) for projection in projections]
 
@@ -66,13 +66,14 @@ def projected_targets(logits: torch.Tensor, labels: torch.Tensor,
 def _direct_loss(model: DualNetwork, objective, inputs: torch.Tensor, labels: torch.Tensor,
                  project) -> torch.Tensor:
     """The output loss, and at the output of every hidden layer the gradient that
-    `project(logits, labels, projections)` gives it. Every layer input is detached: no signal
+    `project(logits, labels, projections)` gives it. Every layer input is detached: no gradient
     crosses a layer."""
     activations = model(inputs, detach=True)
     logits = activations[-1]
-    signals = project(logits, labels, direct_feedback(model))
-    hidden = zip(activations[1:-1], signals, strict=True)
-    return objective.output_loss(logits, labels) + sum(signal_at(output, signal) for output, signal in hidden)
+    gradients = project(logits, labels, direct_feedback(model))
+    hidden = zip(activations[1:-1], gradients, strict=True)
+    return objective.output_loss(logits, labels) + sum(gradient_at(output, gradient)
+                                                       for output, gradient in hidden)
 
 
 def dfa_loss(model: DualNetwork, objective, inputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

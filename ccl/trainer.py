@@ -3,7 +3,7 @@
 Per epoch: train, validate, keep the best models (the lowest validation loss, as released, and
 the objective's other selections, e.g. the highest validation accuracy), step the cosine
 schedule, checkpoint; with `analysis_every`, measure the model on a probe batch between epochs
-(ccl/analysis.py). At the end: test each selected model and the last epoch's. What the loop
+(ccl/analysis). At the end: test each selected model and the last epoch's. What the loop
 writes, and how, is the run directory's (ccl/run_dir.py): checkpoint.pt is written first, and
 metrics.jsonl, analysis.jsonl and the best models are views of it that a resumed run rewrites,
 so a kill between two writes loses nothing. The opt-in loggers (ccl/loggers.py) get the same
