@@ -1,4 +1,4 @@
-"""A rank of `python -m ccl.distributed.check`'s torchrun run, with the autoencoder at the
+"""A rank of `python -m ccl.bench.scaling`'s torchrun run, with the autoencoder at the
 tests' widths (the released 128-2048 channels at 96x96 take seconds per image on a CPU)."""
 import sys
 from pathlib import Path
@@ -11,6 +11,6 @@ if __name__ == "__main__":
     import models.autoencoder
 
     models.autoencoder.ENCODER_WIDTHS = TINY_AE_WIDTHS
-    from ccl.distributed.check import main
+    from ccl.bench.scaling import main
 
     sys.exit(main())

@@ -18,7 +18,8 @@ from runs import MLP_YAML, ONE_THREAD, outcome, run_mlp, wait_for_file
 from tiny_data import write_checksum_file, write_idx_dataset
 
 import models.autoencoder
-from ccl.distributed import World, check
+from ccl.bench import scaling as check
+from ccl.distributed import World
 from utils.data import mnist
 
 TORCHRUN = (sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2")

@@ -154,9 +154,9 @@ NOT_RUN = {
     "python -m ccl.figures reconstructions": PROSE,
     "python -m ccl.figures COMMAND RUN_DIR": PROSE,
     "python -m ccl.figures grid CSV": PROSE,
-    "python -m ccl.distributed.check CONFIG... --processes 2": PROSE,
+    "python -m ccl.bench.scaling CONFIG... --processes 2": PROSE,
     "python -m torch.distributed.run": PROSE,
-    "OMP_NUM_THREADS=1 python -m ccl.distributed.check ... --device cpu": PROSE,
+    "OMP_NUM_THREADS=1 python -m ccl.bench.scaling ... --device cpu": PROSE,
     "torchrun": PROSE,
     "python -m ccl.figures compare runs/cnn_ae/stl10_bp_legacy/seed2023 runs/cnn_ae/stl10_ccl_legacy/seed2023 "
     "--out runs/bp_vs_ccl.png": "draws two full STL-10 runs; tests/test_e2e_ae.py draws compare from tiny runs",
@@ -206,7 +206,7 @@ NOT_RUN = {
     "OMP_NUM_THREADS=1 torchrun --standalone --nproc_per_node 2 main_class_mlp.py --yaml yaml/mlp/mnist_ccl.yaml "
     "--device cpu": TORCHRUN,
     "torchrun --standalone --nproc_per_node 4 main_class_cnn.py --resume runs/cnn/cifar10_ccl/seed2023": NEEDS_CUDA,
-    "python -m ccl.distributed.check yaml/cnn/cifar10_ccl.yaml --processes 2 --device cuda --sizes 45000 5000 "
+    "python -m ccl.bench.scaling yaml/cnn/cifar10_ccl.yaml --processes 2 --device cuda --sizes 45000 5000 "
     "10000 --epochs 2": NEEDS_CUDA,
     "python -m ccl.reproduce run --table table1 --executor slurm --slurm_partition gpu --slurm_gpus_per_job 1 "
     "--slurm_cpus_per_job 4 --slurm_time 240 --slurm_array_parallelism 40": SLURM,

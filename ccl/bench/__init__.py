@@ -6,4 +6,5 @@ steps.py   step time per architecture and method, and its split into phases
 epoch.py   whole epochs through the trainer; our MNIST pipeline against torchvision's
 report.py  the tables
 cli.py     the command line
+scaling.py `python -m ccl.bench.scaling`: one process against N under torchrun, numbers and speed
 """

@@ -1,4 +1,4 @@
-"""`python -m ccl.distributed.check CONFIG... [--processes N]`: does a run over N processes
+"""`python -m ccl.bench.scaling CONFIG... [--processes N]`: does a run over N processes
 compute what one process computes, and how fast?
 
 For each config: train through the trainer (`Trainer.fit`, the real loop and evaluation) on
@@ -29,7 +29,7 @@ from ccl.run_dir import ReadOnlyRunDir, RunDir
 from ccl.trainer import Trainer
 from utils.errors import ConfigError, UserError
 
-PROG = "python -m ccl.distributed.check"
+PROG = "python -m ccl.bench.scaling"
 METRICS = ("train_loss", "val_loss", "val_acc", "val_mse")
 TORCHRUN = (sys.executable, "-m", "torch.distributed.run", "--standalone")
 
@@ -86,7 +86,7 @@ def differences(one: dict, many: dict) -> dict:
             "worst": worst, "metrics": metrics}
 
 
-def run_processes(argv: Sequence[str], processes: int, launcher: Sequence[str] = ("-m", "ccl.distributed.check"),
+def run_processes(argv: Sequence[str], processes: int, launcher: Sequence[str] = ("-m", "ccl.bench.scaling"),
                   env: dict | None = None) -> dict:
     """This tool's worker under torchrun with `processes` ranks; returns rank 0's results."""
     with tempfile.TemporaryDirectory(prefix="ccl-check-") as directory:
