@@ -186,3 +186,22 @@ def test_prepare_with_a_data_root_that_is_a_file(tmp_path, monkeypatch, capsys):
     assert err.startswith("prepare_data.py: error: ") and f"--data_root {file} is not a directory" in err
     with pytest.raises(DataError, match="not a directory"):
         prepare.prepare("MNIST", file, log=lambda line: None)
+
+
+def test_a_failed_download_is_reported_whole_on_one_line(tiny_mnist, monkeypatch):
+    import utils.data.prepare as prepare
+
+    def offline(dataset, root):
+        try:
+            raise OSError("[Errno -2] Name or service not known")
+        except OSError as reason:
+            raise RuntimeError("Error downloading train-images-idx3-ubyte.gz:\nTried https://mirror/, "
+                               "got:\n<urlopen error>\n") from reason
+    monkeypatch.setattr(prepare, "_torchvision_download", offline)
+    monkeypatch.setattr(prepare, "REGISTRY_FALLBACK", {})
+    lines = []
+    with pytest.raises(DataError):
+        prepare.prepare("MNIST", tiny_mnist[0] / "empty", log=lines.append)
+    assert lines[0] == ("MNIST: torchvision download failed (RuntimeError: Error downloading "
+                        "train-images-idx3-ubyte.gz: Tried https://mirror/, got: <urlopen error> "
+                        "<- OSError: [Errno -2] Name or service not known)")

