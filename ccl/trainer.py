@@ -338,11 +338,22 @@ class Trainer:
 
     def _test(self) -> dict:
         """The test metrics of the last epoch's model and of each selection's best, the released
-        selection's at the top level (and in the model afterwards)."""
-        tested = {LAST_EPOCH: {"epoch": self.progress.epoch, **self._test_metrics()}}
-        for name in reversed(self.objective.selections):
-            self.model.load_state_dict(self.world.on_main(lambda: self.run_dir.load_best("cpu", name)))
-            tested[name] = {"epoch": self.best[name]["epoch"], **self._test_metrics()}
+        selection's at the top level (and in the model afterwards). Each epoch's model is tested
+        once: selections that chose the same epoch kept the same weights."""
+        held = self.progress.epoch  # the epoch whose weights the model holds: the last
+        epochs = {name: self.best[name]["epoch"] for name in self.objective.selections}
+        self.log(f"testing the models of epochs {', '.join(map(str, sorted({held, *epochs.values()})))} "
+                 f"({', '.join(f'{name} {epoch}' for name, epoch in {**epochs, LAST_EPOCH: held}.items())})")
+        metrics = {held: self._test_metrics()}
+        tested = {LAST_EPOCH: {"epoch": held, **metrics[held]}}
+        for name in reversed(self.objective.selections):  # the released selection's last
+            epoch = epochs[name]
+            if epoch != held and (epoch not in metrics or name == PRIMARY_SELECTION):
+                self.model.load_state_dict(self.world.on_main(lambda: self.run_dir.load_best("cpu", name)))
+                held = epoch
+            if epoch not in metrics:
+                metrics[epoch] = self._test_metrics()
+            tested[name] = {"epoch": epoch, **metrics[epoch]}
         selections = {name: tested[name] for name in (*self.objective.selections, LAST_EPOCH)}
         return {"status": "finished",
                 **{k: v for k, v in selections[PRIMARY_SELECTION].items() if k != "epoch"},
