@@ -31,6 +31,7 @@ from ccl.run_dir import ANALYSIS, LAST_EPOCH, PRIMARY_SELECTION, RunDir
 from utils.seed import restore_rng_states, rng_states
 
 DIVERGENCE_CHECK_EVERY = 50  # steps between reads of the device-side divergence flag
+PROGRESS_EVERY_SECONDS = 30  # without a terminal (no progress bar): a plain line this often
 
 
 class Diverged(Exception):
@@ -120,6 +121,25 @@ class StopRequests:
         if self.signal_number is not None:  # a second Ctrl-C stops at once
             raise KeyboardInterrupt
         self.signal_number = number
+
+
+class PlainProgress:
+    """tqdm draws no bar when stderr is not a terminal (a log file, a batch job): then a plain
+    line every PROGRESS_EVERY_SECONDS says how far the epoch is. It reads only the host's clock and
+    what the divergence monitor has already read of the losses, never the device."""
+
+    def __init__(self, bar: tqdm, name: str, log: Callable[[str], None]):
+        self.name, self.total, self.log, self.every = name, bar.total, log, PROGRESS_EVERY_SECONDS
+        self.started = time.perf_counter()
+        self.due = self.started + self.every if bar.disable else math.inf
+
+    def __call__(self, batch: int, monitor: DivergenceMonitor) -> None:
+        now = time.perf_counter()
+        if now < self.due:
+            return
+        self.due = now + self.every
+        loss = f", mean training loss {monitor.loss_sum / monitor.samples:.4g}" if monitor.samples else ""
+        self.log(f"{self.name}: batch {batch}/{self.total}, {now - self.started:.0f}s{loss}")
 
 
 @dataclass
@@ -234,8 +254,10 @@ class Trainer:
                                     self.world, self.stop)
         started = time.perf_counter()
         batches = loader.epoch(progress.epoch, progress.batch, progress.augment_state)
+        name = f"epoch {progress.epoch + 1}/{self.config.epochs}"
         bar = tqdm(batches, total=len(loader), initial=progress.batch, disable=None, leave=False,
-                   desc=f"epoch {progress.epoch + 1}/{self.config.epochs}", dynamic_ncols=True)
+                   desc=name, dynamic_ncols=True)
+        report = PlainProgress(bar, name, self.log)
         for inputs, targets in bar:
             loss = self.training_loss(inputs, targets)
             self.optimizer.warmup_scaled(loss, progress.batch).backward()
@@ -245,6 +267,7 @@ class Trainer:
             progress.batch += 1
             if self.optimizer.steps_taken % DIVERGENCE_CHECK_EVERY == 0:
                 monitor.raise_if_diverged()
+            report(progress.batch, monitor)
             stop = monitor.stop_signal()
             if stop is not None and progress.batch < len(loader):
                 monitor.raise_if_diverged()  # never checkpoint a diverged model

@@ -161,3 +161,15 @@ def test_each_selected_epoch_is_tested_once(tiny_mnist, tmp_path, monkeypatch, c
     assert selections["val_loss"] == selections["val_acc"]
     if epochs == best:
         assert selections["last"] == selections["val_loss"]
+
+
+def test_without_a_terminal_an_epoch_reports_its_progress_in_plain_lines(tiny_mnist, tmp_path,
+                                                                        monkeypatch, capsys):
+    """Under pytest stderr is no terminal, so tqdm draws nothing; every 0 s: a line per batch."""
+    import ccl.trainer
+    monkeypatch.setattr(ccl.trainer, "PROGRESS_EVERY_SECONDS", 0)
+    assert run_mlp("--yaml", YAML, "--data_root", str(tiny_mnist[0]), "--epochs", "1",
+                   "--batchsize", "100", "--out_dir", str(tmp_path / "run")) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("epoch 1/1: batch")]
+    assert [line.split(",")[0] for line in lines] == [f"epoch 1/1: batch {b}/6" for b in range(1, 7)]
+    assert lines[0].endswith("s")  # no loss read yet: the monitor reads every 50 steps
