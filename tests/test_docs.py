@@ -138,6 +138,8 @@ NOT_RUN = {
     '"CIFAR-10 MLP, CCL, 20 epochs"': CIFAR_GRID,
     "pip install -r requirements.txt": "installs packages: CI runs it before the tests",
     "pip install -r requirements-dev.txt": "installs packages: CI runs it before the tests",
+    "pip install torch torchvision --index-url https://download.pytorch.org/whl/cpu":
+        "installs packages (PyTorch's CPU build; CI installs the requirements)",
     "pip install": PROSE,
     "cp runs/analyses/figures/*.png docs/figures/":
         "replaces the repository's committed figures (the commands that draw them run above)",
