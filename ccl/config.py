@@ -26,6 +26,8 @@ from utils.errors import ConfigError
 
 SECTIONS = ("method", "dataset", "training")
 REQUIRED = object()
+# the parameters and the optimizers hold float32: a finite float64 past this is infinite there
+FLOAT32_MAX = 3.4028234663852886e38
 
 
 @dataclass(frozen=True)
@@ -255,6 +257,9 @@ def check_value(name: str, value: Any, source: str = "config") -> None:
                           f"got {value!r}{closest(str(value), map(str, key.choices))}")
     if key.type in (int, float) and not key.allows(value):
         raise ConfigError(f"{source}: {name} must be {key.bounds()} ({key.help}), got {value!r}")
+    if key.type is float and abs(value) > FLOAT32_MAX:
+        raise ConfigError(f"{source}: {name} must be within float32's range (magnitude at most "
+                          f"{FLOAT32_MAX:.4g}), got {value!r}")
 
 
 def parse_cli_value(name: str, text: str) -> Any:

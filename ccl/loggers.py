@@ -19,23 +19,29 @@ everything its checkpoint holds:
   cannot tell, so everything). Project and entity: --wandb_project / --wandb_entity, else
   WANDB_PROJECT / WANDB_ENTITY, else project `ccl` and the API key's default entity. The API key
   is read from the environment only (WANDB_API_KEY); WANDB_MODE=offline needs none, and no
-  network.
+  network. Online, the W&B server (WANDB_BASE_URL) must answer within a few seconds before the
+  run starts: without a network W&B would retry for minutes and then fail with a traceback.
 """
 from __future__ import annotations
 
 import importlib
 import os
+import socket
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
 from ccl.run_dir import RunDir
-from utils.errors import ConfigError
+from utils.errors import ConfigError, UserError, one_line
 
 # logger -> (the module it imports, the pip package that provides it)
 REQUIREMENTS = {"tensorboard": ("torch.utils.tensorboard", "tensorboard"), "wandb": ("wandb", "wandb")}
 LOGGER_NAMES = tuple(REQUIREMENTS)
 DEFAULT_WANDB_PROJECT = "ccl"
 WANDB_KEYLESS_MODES = ("offline", "disabled", "dryrun")
+DEFAULT_WANDB_BASE_URL = "https://api.wandb.ai"
+WANDB_REACH_SECONDS = 5
+OFFLINE_HINT = ("set WANDB_MODE=offline to log into the run directory without a network (`wandb sync` "
+                "uploads it later), or drop --logger wandb")
 
 
 def check_available(names: Sequence[str]) -> None:
@@ -53,6 +59,20 @@ def check_available(names: Sequence[str]) -> None:
         raise ConfigError("--logger wandb: set WANDB_API_KEY in the environment (the key is read from "
                           "there only), or WANDB_MODE=offline to log into the run directory without "
                           "a network")
+    if "wandb" in names and os.environ.get("WANDB_MODE") not in WANDB_KEYLESS_MODES:
+        check_wandb_reachable()
+
+
+def check_wandb_reachable() -> None:
+    """A ConfigError, within seconds, when the W&B server cannot be reached."""
+    url = os.environ.get("WANDB_BASE_URL") or DEFAULT_WANDB_BASE_URL
+    host, _, port = url.split("://", 1)[-1].split("/", 1)[0].partition(":")
+    try:
+        socket.create_connection((host, int(port or (80 if url.startswith("http:") else 443))),
+                                 timeout=WANDB_REACH_SECONDS).close()
+    except (OSError, ValueError) as error:
+        raise ConfigError(f"--logger wandb: the W&B server {url} cannot be reached ({one_line(error)}); "
+                          f"{OFFLINE_HINT}") from None
 
 
 def analysis_scalars(record: dict) -> dict[str, float]:
@@ -86,12 +106,16 @@ class TensorBoard:
 class WandB:
     def __init__(self, run_dir: RunDir, config, run_id: str, project: str | None, entity: str | None):
         import wandb
-        self.run = wandb.init(
-            project=project or os.environ.get("WANDB_PROJECT") or DEFAULT_WANDB_PROJECT,
-            entity=entity or os.environ.get("WANDB_ENTITY") or None,
-            id=run_id, resume="allow", name="/".join(run_dir.path.resolve().parts[-3:]),
-            config=config.as_dict(), dir=str(run_dir.path),
-            settings=wandb.Settings(console="off"))  # the run's own output stays on the terminal
+        try:
+            self.run = wandb.init(
+                project=project or os.environ.get("WANDB_PROJECT") or DEFAULT_WANDB_PROJECT,
+                entity=entity or os.environ.get("WANDB_ENTITY") or None,
+                id=run_id, resume="allow", name="/".join(run_dir.path.resolve().parts[-3:]),
+                config=config.as_dict(), dir=str(run_dir.path),
+                settings=wandb.Settings(console="off"))  # the run's own output stays on the terminal
+        except Exception as error:  # noqa: BLE001  (wandb's errors share no base class we can name)
+            raise UserError(f"--logger wandb: W&B could not start a run ({one_line(error)}); "
+                            f"{OFFLINE_HINT}") from None
         self.run.define_metric("epoch")
         self.run.define_metric("*", step_metric="epoch")
         # the last epoch W&B has may be incomplete (a kill between two calls): it is sent again

@@ -239,6 +239,19 @@ class RunDir:
             raise RunDirError(f"{self.path} has no {path.name}: its run has not finished an epoch")
         return _load(path, "best model", map_location=device, fix="train the run again with --overwrite")
 
+    def load_best_into(self, model: torch.nn.Module, selection: str = PRIMARY_SELECTION) -> None:
+        """Put the weights of the best epoch by `selection` into `model` (on its device). A file
+        that loads but does not hold this model's weights (another architecture's, a list, a
+        dict of other things) is a `Damaged` error naming it."""
+        path = self.path / BEST_OF[selection]
+        device = next(model.parameters()).device
+        weights = self.load_best(device, selection)
+        problem = weights_problem(weights, model.state_dict())
+        if problem:
+            raise Damaged(f"{path} does not hold this run's weights: {problem}; train the run again "
+                          f"with --overwrite")
+        model.load_state_dict(weights)
+
 
 def _is_temporary(name: str) -> bool:
     return name.startswith(".") and name.endswith(TEMPORARY_SUFFIX)
@@ -254,6 +267,27 @@ def _results_problem(results: Any) -> str | None:
         if missing:
             return f"it lacks {', '.join(missing)}"
     return None
+
+
+def weights_problem(weights: Any, expected: dict[str, torch.Tensor] | None = None) -> str | None:
+    """What keeps `weights` from being a state dict (names -> tensors), and with `expected`
+    (a model's state dict) from being that model's: None when nothing does."""
+    if not isinstance(weights, dict):
+        return f"it holds a {type(weights).__name__}, not a mapping of names to tensors"
+    wrong = [f"{name!r} is a {type(value).__name__}" for name, value in weights.items()
+             if not isinstance(value, torch.Tensor)]
+    if wrong:
+        return f"{', '.join(wrong[:3])}, not a tensor"
+    if expected is None:
+        return None
+    missing = [name for name in expected if name not in weights]
+    unexpected = [name for name in weights if name not in expected]
+    if missing or unexpected:
+        return "; ".join(f"{what} {', '.join(names[:3])}{', ...' if len(names) > 3 else ''}"
+                         for what, names in (("no", missing), ("unexpected", unexpected)) if names)
+    shapes = [f"{name} has shape {tuple(weights[name].shape)}, the model's {tuple(value.shape)}"
+              for name, value in expected.items() if weights[name].shape != value.shape]
+    return "; ".join(shapes[:3]) or None
 
 
 def _load(path: Path, what: str, fix: str, missing_ok: bool = False, map_location="cpu"):

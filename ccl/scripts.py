@@ -124,9 +124,8 @@ def rebuild(run_dir: RunDir, data_root: Path | None, device: str, best: bool = T
     if script is None:
         raise RunDirError(f"{run_dir / CONFIG} names the script {run.get('script')!r}, which is none "
                           f"of {', '.join(BY_PROG)}")
-    weights = run_dir.load_best(device) if best else None
     root = Path(data_root or run.get("data_root") or DEFAULT_DATA_ROOT)
     experiment = build(script, config, device, data_root=root)
-    if weights is not None:
-        experiment.model.load_state_dict(weights)
+    if best:
+        run_dir.load_best_into(experiment.model)
     return experiment

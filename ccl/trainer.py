@@ -31,6 +31,7 @@ from ccl.run_dir import ANALYSIS, LAST_EPOCH, PRIMARY_SELECTION, RunDir
 from utils.seed import restore_rng_states, rng_states
 
 DIVERGENCE_CHECK_EVERY = 50  # steps between reads of the device-side divergence flag
+PROGRESS_EVERY_SECONDS = 30  # without a terminal (no progress bar): a plain line this often
 
 
 class Diverged(Exception):
@@ -120,6 +121,25 @@ class StopRequests:
         if self.signal_number is not None:  # a second Ctrl-C stops at once
             raise KeyboardInterrupt
         self.signal_number = number
+
+
+class PlainProgress:
+    """tqdm draws no bar when stderr is not a terminal (a log file, a batch job): then a plain
+    line every PROGRESS_EVERY_SECONDS says how far the epoch is. It reads only the host's clock and
+    what the divergence monitor has already read of the losses, never the device."""
+
+    def __init__(self, bar: tqdm, name: str, log: Callable[[str], None]):
+        self.name, self.total, self.log, self.every = name, bar.total, log, PROGRESS_EVERY_SECONDS
+        self.started = time.perf_counter()
+        self.due = self.started + self.every if bar.disable else math.inf
+
+    def __call__(self, batch: int, monitor: DivergenceMonitor) -> None:
+        now = time.perf_counter()
+        if now < self.due:
+            return
+        self.due = now + self.every
+        loss = f", mean training loss {monitor.loss_sum / monitor.samples:.4g}" if monitor.samples else ""
+        self.log(f"{self.name}: batch {batch}/{self.total}, {now - self.started:.0f}s{loss}")
 
 
 @dataclass
@@ -246,14 +266,17 @@ class Trainer:
                                     self.world, self.stop)
         started = time.perf_counter()
         batches = loader.epoch(progress.epoch, progress.batch, progress.augment_state)
+        name = f"epoch {progress.epoch + 1}/{self.config.epochs}"
         bar = tqdm(batches, total=len(loader), initial=progress.batch, disable=None, leave=False,
-                   desc=f"epoch {progress.epoch + 1}/{self.config.epochs}", dynamic_ncols=True)
+                   desc=name, dynamic_ncols=True)
+        report = PlainProgress(bar, name, self.log)
         for inputs, targets in bar:
             loss = train_step(self.training_loss, self.optimizer, self.world, inputs, targets, progress.batch)
             monitor.observe(loss, len(targets))
             progress.batch += 1
             if self.optimizer.steps_taken % DIVERGENCE_CHECK_EVERY == 0:
                 monitor.raise_if_diverged()
+            report(progress.batch, monitor)
             stop = monitor.stop_signal()
             if stop is not None and progress.batch < len(loader):
                 monitor.raise_if_diverged()  # never checkpoint a diverged model
@@ -347,11 +370,22 @@ class Trainer:
 
     def _test(self) -> dict:
         """The test metrics of the last epoch's model and of each selection's best, the released
-        selection's at the top level (and in the model afterwards)."""
-        tested = {LAST_EPOCH: {"epoch": self.progress.epoch, **self._test_metrics()}}
-        for name in reversed(self.objective.selections):
-            self.model.load_state_dict(self.world.on_main(lambda: self.run_dir.load_best("cpu", name)))
-            tested[name] = {"epoch": self.best[name]["epoch"], **self._test_metrics()}
+        selection's at the top level (and in the model afterwards). Each epoch's model is tested
+        once: selections that chose the same epoch kept the same weights."""
+        held = self.progress.epoch  # the epoch whose weights the model holds: the last
+        epochs = {name: self.best[name]["epoch"] for name in self.objective.selections}
+        self.log(f"testing the models of epochs {', '.join(map(str, sorted({held, *epochs.values()})))} "
+                 f"({', '.join(f'{name} {epoch}' for name, epoch in {**epochs, LAST_EPOCH: held}.items())})")
+        metrics = {held: self._test_metrics()}
+        tested = {LAST_EPOCH: {"epoch": held, **metrics[held]}}
+        for name in reversed(self.objective.selections):  # the released selection's last
+            epoch = epochs[name]
+            if epoch != held and (epoch not in metrics or name == PRIMARY_SELECTION):
+                self.model.load_state_dict(self.world.on_main(lambda: self.run_dir.load_best("cpu", name)))
+                held = epoch
+            if epoch not in metrics:
+                metrics[epoch] = self._test_metrics()
+            tested[name] = {"epoch": epoch, **metrics[epoch]}
         selections = {name: tested[name] for name in (*self.objective.selections, LAST_EPOCH)}
         return {"status": "finished",
                 **{k: v for k, v in selections[PRIMARY_SELECTION].items() if k != "epoch"},

@@ -130,6 +130,22 @@ def test_a_run_without_a_best_model_cannot_be_analysed(tiny_mnist, tmp_path, cap
     assert "has no config.yaml" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("weights, problem", [
+    (lambda state: {**state, "layer1.fwd.weight": torch.zeros(3, 5)},
+     "layer1.fwd.weight has shape (3, 5), the model's (256, 784)"),  # another architecture's
+    (lambda state: {"fwd.weight": torch.zeros(2)}, "no layer1.fwd.weight"),
+    (lambda state: list(state.values()), "it holds a list, not a mapping of names to tensors"),
+    (lambda state: {**state, "layer1.fwd.weight": "w"}, "'layer1.fwd.weight' is a str, not a tensor"),
+])
+def test_a_best_model_that_is_not_the_runs_weights_is_named(analysed, capsys, weights, problem):
+    best = analysed / "best.pt"
+    torch.save(weights(torch.load(best, weights_only=True)), best)
+    assert analysis_main([str(analysed), "--device", "cpu"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"python -m ccl.analysis: error: {best} does not hold this run's weights: ")
+    assert problem in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
 def test_overwrite_clears_the_analysis_files_figures_and_logger_folders(tiny_mnist, analysed):
     for name in ("analysis.json", "cka.png", "curves.png"):
         (analysed / name).write_text("x")

@@ -49,7 +49,12 @@ def test_whole_epochs_of_a_config(tmp_path, capsys):
     assert code == 0
     epoch = results["epoch"]
     assert (epoch["train_samples"], epoch["batch_size"], len(epoch["epoch_seconds"])) == (8, 4, 1)
-    assert "steps" not in results and "validation s" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "steps" not in results and "validation s" in printed
+    # quick numbers are no measurement: said before the tables, after them and in the JSON
+    lines = printed.strip().splitlines()
+    assert lines[1].startswith("note: --quick is a smoke test") and "mean nothing" in lines[-3]
+    assert "mean nothing" in results["note"]
 
 
 @pytest.mark.parametrize("speed_up, arch, largest", [(("--precision", "bf16"), "mlp_mnist", 0.5),

@@ -74,6 +74,8 @@ def edited(**sections) -> dict:
     (["--epochs", "2.5"], "--epochs must be an integer"),
     (["--lr_F", "fast"], "--lr_F must be a number, got 'fast'"),
     (["--lr_F", "nan"], "--lr_F must be a finite number"),
+    (["--lr_F", "1e39"], "lr_F must be within float32's range"),  # SGD's float32 step overflows
+    (["--loss_scale_C", "3.5e38"], "loss_scale_C must be within float32's range"),
     (["--lr_F"], "argument --lr_F: expected one argument"),
     (["--act_F", "ELU"], "act_F must be one of elu, tanh, relu, leaky_relu, selu; got 'ELU' "
                          "(did you mean elu?)"),
@@ -136,6 +138,7 @@ def test_good_overrides_reach_the_config(no_training):
     (edited(training={"GradC": True}), "GradC must be an integer, got True"),
     (edited(training={"lr_F": [1, 2]}), "lr_F must be a number, got [1, 2]"),
     (edited(training={"lr_F": "1e400"}), "lr_F must be a finite number"),
+    (edited(training={"wd_B": 1e39}), "wd_B must be within float32's range"),
     (edited(method={"act_B": 3}), "act_B must be a string, got 3"),
     (edited(training={"mmt_B": 1.0}), "mmt_B must be >= 0 and < 1"),
     (edited(training={"filter_target": -0.2}), "filter_target must be >= 0"),

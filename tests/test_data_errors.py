@@ -160,3 +160,48 @@ def test_prepare_reports_every_dataset_in_one_go(tiny_mnist, monkeypatch, capsys
         ("CIFAR10", "missing"), ("MNIST", "ready"), ("STL10", "missing")]
     assert f"unpack it into {root}/ so that {root}/stl10_binary/ holds train_X.bin" in printed.out
     assert "CIFAR10, STL10 missing" in printed.err
+
+
+@pytest.mark.parametrize("under", [False, True])
+def test_a_data_root_that_is_a_file_is_named_as_such(tmp_path, capsys, under):
+    """Not "the data is missing, run prepare_data.py", which would then fail on the same file."""
+    file = tmp_path / "data.txt"
+    file.write_text("not a folder")
+    root = file / "sub" if under else file
+    code = run_mlp("--yaml", MLP_YAML, "--data_root", str(root), "--device", "cpu",
+                   "--out_dir", str(tmp_path / "run"))
+    err = capsys.readouterr().err
+    assert code == 1 and "Traceback" not in err
+    assert f"--data_root {root} " in err and "not a directory" in err and "prepare_data.py" not in err
+
+
+def test_prepare_with_a_data_root_that_is_a_file(tmp_path, monkeypatch, capsys):
+    import utils.data.prepare as prepare
+
+    monkeypatch.setattr(prepare, "_torchvision_download", lambda dataset, root: pytest.fail("downloaded"))
+    file = tmp_path / "data"
+    file.write_text("")
+    assert prepare.main(["MNIST", "--data_root", str(file)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("prepare_data.py: error: ") and f"--data_root {file} is not a directory" in err
+    with pytest.raises(DataError, match="not a directory"):
+        prepare.prepare("MNIST", file, log=lambda line: None)
+
+
+def test_a_failed_download_is_reported_whole_on_one_line(tiny_mnist, monkeypatch):
+    import utils.data.prepare as prepare
+
+    def offline(dataset, root):
+        try:
+            raise OSError("[Errno -2] Name or service not known")
+        except OSError as reason:
+            raise RuntimeError("Error downloading train-images-idx3-ubyte.gz:\nTried https://mirror/, "
+                               "got:\n<urlopen error>\n") from reason
+    monkeypatch.setattr(prepare, "_torchvision_download", offline)
+    monkeypatch.setattr(prepare, "REGISTRY_FALLBACK", {})
+    lines = []
+    with pytest.raises(DataError):
+        prepare.prepare("MNIST", tiny_mnist[0] / "empty", log=lines.append)
+    assert lines[0] == ("MNIST: torchvision download failed (RuntimeError: Error downloading "
+                        "train-images-idx3-ubyte.gz: Tried https://mirror/, got: <urlopen error> "
+                        "<- OSError: [Errno -2] Name or service not known)")

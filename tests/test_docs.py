@@ -67,12 +67,12 @@ SHORTENED = {
     "--device cpu --out_dir runs/analyses/mlp_mnist_ccl": EPOCH,
     "python main_class_mlp.py --yaml yaml/mlp/mnist_bp.yaml --epochs 20 --analysis_every 1 --data_root data "
     "--device cpu --out_dir runs/analyses/mlp_mnist_bp": EPOCH,
-    "python -m ccl.figures cka runs/analyses/mlp_mnist_ccl --out docs/figures/mlp_mnist_ccl_cka.png": "",
-    "python -m ccl.figures cka runs/analyses/mlp_mnist_bp --out docs/figures/mlp_mnist_bp_cka.png": "",
+    "python -m ccl.figures cka runs/analyses/mlp_mnist_ccl --out runs/analyses/figures/mlp_mnist_ccl_cka.png": "",
+    "python -m ccl.figures cka runs/analyses/mlp_mnist_bp --out runs/analyses/figures/mlp_mnist_bp_cka.png": "",
     "python -m ccl.figures alignment runs/analyses/mlp_mnist_ccl runs/analyses/mlp_mnist_bp "
-    "--out docs/figures/mlp_mnist_alignment.png": "",
+    "--out runs/analyses/figures/mlp_mnist_alignment.png": "",
     "python -m ccl.figures curves runs/analyses/mlp_mnist_ccl runs/analyses/mlp_mnist_bp "
-    "--out docs/figures/mlp_mnist_curves.png": "",
+    "--out runs/analyses/figures/mlp_mnist_curves.png": "",
     "python -m ccl.analysis runs/analyses/mlp_mnist_ccl --device cpu --data_root data": "",
     "python -m ccl.analysis runs/analyses/mlp_mnist_bp --device cpu --data_root data": "",
     "python main_class_cnn.py --yaml yaml/cnn/mnist_ccl.yaml --epochs 5 --analysis_every 1 --data_root data "
@@ -80,11 +80,11 @@ SHORTENED = {
     "python main_class_cnn.py --yaml yaml/cnn/mnist_bp.yaml --epochs 5 --analysis_every 1 --data_root data "
     "--device cpu --out_dir runs/analyses/cnn_mnist_bp": CNN_EPOCH,
     "python -m ccl.figures kernels runs/analyses/cnn_mnist_bp runs/analyses/cnn_mnist_ccl "
-    "--out docs/figures/cnn_mnist_kernels.png": "",
-    "python -m ccl.figures cka runs/analyses/cnn_mnist_ccl --out docs/figures/cnn_mnist_ccl_cka.png": "",
-    "python -m ccl.figures cka runs/analyses/cnn_mnist_bp --out docs/figures/cnn_mnist_bp_cka.png": "",
+    "--out runs/analyses/figures/cnn_mnist_kernels.png": "",
+    "python -m ccl.figures cka runs/analyses/cnn_mnist_ccl --out runs/analyses/figures/cnn_mnist_ccl_cka.png": "",
+    "python -m ccl.figures cka runs/analyses/cnn_mnist_bp --out runs/analyses/figures/cnn_mnist_bp_cka.png": "",
     "python -m ccl.figures alignment runs/analyses/cnn_mnist_ccl runs/analyses/cnn_mnist_bp "
-    "--out docs/figures/cnn_mnist_alignment.png": "",
+    "--out runs/analyses/figures/cnn_mnist_alignment.png": "",
     "python -m ccl.analysis runs/analyses/cnn_mnist_bp --device cpu --data_root data": "",
     "python -m ccl.analysis runs/analyses/cnn_mnist_ccl --device cpu --data_root data": "",
     "python -m ccl.reproduce run yaml/mlp/mnist_ccl.yaml --grid lr_F=0.05,0.1,0.2,0.4,0.8 "
@@ -92,7 +92,7 @@ SHORTENED = {
     "--data_root data --runs_root runs/grid": ONE_CELL,
     "python -m ccl.reproduce table yaml/mlp/mnist_ccl.yaml --grid lr_F lr_B --runs_root runs/grid": "",
     'python -m ccl.figures grid "runs/grid/tables/grid_lr_F_lr_B_mlp_mnist_ccl-epochs=20.csv" --title '
-    '"mlp/mnist_ccl, 20 epochs (shortened from 100), seeds 2023-2025" --out docs/figures/mlp_mnist_ccl_lr_grid.png': "",
+    '"mlp/mnist_ccl, 20 epochs (shortened from 100), seeds 2023-2025" --out runs/analyses/figures/mlp_mnist_ccl_lr_grid.png': "",
     'python -m ccl.analysis "runs/grid/mlp/mnist_ccl-epochs=20-lr_B=0.0-lr_F=0.8/seed2023" --device cpu '
     '--data_root data': "",
     # docs/REPRODUCTION.md and README: the runner and the tables
@@ -138,7 +138,11 @@ NOT_RUN = {
     '"CIFAR-10 MLP, CCL, 20 epochs"': CIFAR_GRID,
     "pip install -r requirements.txt": "installs packages: CI runs it before the tests",
     "pip install -r requirements-dev.txt": "installs packages: CI runs it before the tests",
+    "pip install torch torchvision --index-url https://download.pytorch.org/whl/cpu":
+        "installs packages (PyTorch's CPU build; CI installs the requirements)",
     "pip install": PROSE,
+    "cp runs/analyses/figures/*.png docs/figures/":
+        "replaces the repository's committed figures (the commands that draw them run above)",
     "python -m pytest": "is this test suite",
     'python -m pytest -m "not slow"': "is this test suite's fast lane",
     "python main_class_mlp.py --resume RUN_DIR": PROSE,

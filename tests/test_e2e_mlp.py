@@ -139,3 +139,38 @@ def test_a_run_tests_the_model_of_every_selection(tiny_mnist, tmp_path):
     other = torch.load(out / "best_val_acc.pt", weights_only=True)
     same_epoch = selections["val_loss"]["epoch"] == selections["val_acc"]["epoch"]
     assert all(torch.equal(weights[k], other[k]) for k in weights) == same_epoch
+
+
+@pytest.mark.parametrize("epochs, lr_F, best, tested", [(1, "0.1", 1, 1), (3, "0", 1, 2)])
+def test_each_selected_epoch_is_tested_once(tiny_mnist, tmp_path, monkeypatch, capsys, epochs, lr_F,
+                                            best, tested):
+    """One epoch: the three selections are one model. lr_F 0: the validation loss never
+    improves after epoch 1, so val_loss and val_acc choose epoch 1 and the last is another."""
+    from ccl.trainer import Trainer
+    test_metrics, calls = Trainer._test_metrics, []
+    monkeypatch.setattr(Trainer, "_test_metrics", lambda self: calls.append(1) or test_metrics(self))
+    out = tmp_path / "run"
+    assert run_mlp("--yaml", str(REPO / "yaml/mlp/mnist_bp.yaml"), "--data_root", str(tiny_mnist[0]),
+                   "--epochs", str(epochs), "--lr_F", lr_F, "--out_dir", str(out)) == 0
+    assert len(calls) == tested
+    chosen = {"val_loss": best, "val_acc": best, "last": epochs}
+    listed = ", ".join(map(str, sorted({best, epochs})))
+    assert (f"testing the models of epochs {listed} (val_loss {best}, val_acc {best}, last {epochs})"
+            in capsys.readouterr().out)
+    selections = json.loads((out / "results.json").read_text())["selections"]
+    assert {name: selection["epoch"] for name, selection in selections.items()} == chosen
+    assert selections["val_loss"] == selections["val_acc"]
+    if epochs == best:
+        assert selections["last"] == selections["val_loss"]
+
+
+def test_without_a_terminal_an_epoch_reports_its_progress_in_plain_lines(tiny_mnist, tmp_path,
+                                                                        monkeypatch, capsys):
+    """Under pytest stderr is no terminal, so tqdm draws nothing; every 0 s: a line per batch."""
+    import ccl.trainer
+    monkeypatch.setattr(ccl.trainer, "PROGRESS_EVERY_SECONDS", 0)
+    assert run_mlp("--yaml", YAML, "--data_root", str(tiny_mnist[0]), "--epochs", "1",
+                   "--batchsize", "100", "--out_dir", str(tmp_path / "run")) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("epoch 1/1: batch")]
+    assert [line.split(",")[0] for line in lines] == [f"epoch 1/1: batch {b}/6" for b in range(1, 7)]
+    assert lines[0].endswith("s")  # no loss read yet: the monitor reads every 50 steps

@@ -221,6 +221,11 @@ def test_kernels_of_a_run_without_weights(tmp_path, capsys):
     torch.save({"layer1.fwd.weight": torch.zeros(4, 784)}, ccl / figures.BEST)
     assert figures_main(["kernels", str(bp), str(ccl)]) == 2
     assert "has shape (4, 784)" in _error_line(capsys)
+    for weights, problem in (({"layer1.fwd.weight": "w"}, "'layer1.fwd.weight' is a str, not a tensor"),
+                             ([torch.zeros(2)], "it holds a list")):
+        torch.save(weights, ccl / figures.BEST)
+        assert figures_main(["kernels", str(bp), str(ccl)]) == 2
+        assert f"{ccl / figures.BEST} does not hold this run's weights: {problem}" in _error_line(capsys)
     (ccl / figures.BEST).write_bytes(b"not a checkpoint")
     assert figures_main(["kernels", str(bp), str(ccl)]) == 2
     assert "not a readable state dict" in _error_line(capsys)

@@ -43,6 +43,49 @@ def test_wandb_online_needs_the_api_key_in_the_environment(tiny_mnist, tmp_path,
     assert "set WANDB_API_KEY in the environment" in capsys.readouterr().err
 
 
+def fake_wandb(init):
+    module = types.ModuleType("wandb")
+    module.Settings = lambda **settings: settings
+    module.init = init
+    return module
+
+
+def test_wandb_online_without_a_network_stops_at_once_naming_offline_mode(
+        tiny_mnist, tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "wandb", fake_wandb(lambda **_: pytest.fail("wandb.init was called")))
+    monkeypatch.setenv("WANDB_API_KEY", "k")
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.delenv("WANDB_BASE_URL", raising=False)
+    reached = []
+
+    def no_network(address, timeout):
+        reached.append((address, timeout))
+        raise OSError(101, "Network is unreachable")
+    monkeypatch.setattr("socket.create_connection", no_network)
+    out = tmp_path / "run"
+    assert run_mlp(*args(tiny_mnist[0], out, "--logger", "wandb")) == 2
+    err = capsys.readouterr().err
+    assert reached == [(("api.wandb.ai", 443), 5)]
+    assert err.startswith("main_class_mlp.py: error: --logger wandb: the W&B server https://api.wandb.ai "
+                          "cannot be reached (OSError: [Errno 101] Network is unreachable)")
+    assert "WANDB_MODE=offline" in err and "Traceback" not in err and not out.exists()
+
+
+def test_a_failing_wandb_init_is_one_message_naming_offline_mode(tiny_mnist, tmp_path, monkeypatch, capsys):
+    class CommError(Exception):
+        pass
+
+    def init(**_):
+        raise CommError("Run initialization has timed out after 90.0 sec.\nPlease try again")
+    monkeypatch.setitem(sys.modules, "wandb", fake_wandb(init))
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    assert run_mlp(*args(tiny_mnist[0], tmp_path / "run", "--logger", "wandb")) == 1
+    err = capsys.readouterr().err
+    assert ("--logger wandb: W&B could not start a run (CommError: Run initialization has timed out "
+            "after 90.0 sec. Please try again); set WANDB_MODE=offline") in err
+    assert "Traceback" not in err
+
+
 @pytest.mark.parametrize("extra, message", [
     (["--logger", "none", "tensorboard"], "none means no logger; give it alone"),
     (["--wandb_project", "p"], "--wandb_project name where W&B logs: add --logger wandb"),

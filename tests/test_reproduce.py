@@ -296,3 +296,19 @@ def test_table1_shows_the_baselines_by_dataset_beside_the_papers(synthetic_runs)
     text = markdown(TABLES["table1"], rows)
     assert "| MNIST | FA | mlp/mnist_fa | both | 96.00 (n=1) | 96.96 +- 0.05 | -0.96 | yes |" in text
     assert "97.27 +- 0.06 (DFA or DTP)" in text
+
+
+def test_table1_runs_every_rule_and_a_dry_run_sums_up_and_warns_of_missing_data(tiny_mnist, tmp_path, capsys):
+    """Table 1 has a DRTP row, so --table table1 runs the DRTP configs too: 20 configs. The dry
+    run ends with how many runs there are and warns of each dataset not under --data_root."""
+    write_results(tmp_path / "runs", "mlp/mnist_drtp", 1, test_acc=0.9)
+    assert main(["run", "--table", "table1", "--seeds", "1", "--runs_root", str(tmp_path / "runs"),
+                 "--data_root", str(tiny_mnist[0]), "--dry_run", "--devices", "cpu"]) == 0
+    printed = capsys.readouterr()
+    configs = [line.split("--yaml ")[1].split()[0] for line in printed.out.splitlines()]
+    assert len(configs) == 20 and {f"yaml/mlp/{d}_drtp.yaml" for d in ("mnist", "fmnist", "cifar10", "cifar100")} \
+        <= set(configs)
+    warnings = [line for line in printed.err.splitlines() if line.startswith("warning: ")]
+    assert [line.split()[1] for line in warnings] == ["CIFAR10", "CIFAR100", "FashionMNIST"]  # MNIST is there
+    assert f"`python prepare_data.py CIFAR10 --data_root {tiny_mnist[0]}`" in warnings[0]
+    assert printed.err.strip().splitlines()[-1] == "20 runs from 20 configs, 1 finished"

@@ -61,7 +61,7 @@ def analyse_best(run_dir: RunDir, split: str, samples: int, data_root: Path | No
     experiment = rebuild(run_dir, data_root, device, best=False)
     initial = [layer.state_dict() for layer in experiment.model.layers]
     initial = [{name: value.clone() for name, value in state.items()} for state in initial]
-    experiment.model.load_state_dict(run_dir.load_best(device))
+    run_dir.load_best_into(experiment.model)
     loader = getattr(experiment.data, split)
     inputs, targets = probe_batch(loader, samples, experiment.config.seed)
     return {"epoch": best_epoch(run_dir, experiment.config), "split": split, "samples": len(targets),

@@ -58,7 +58,7 @@ from matplotlib.ticker import MaxNLocator
 from PIL import Image, ImageDraw, ImageFont
 from torchvision.utils import make_grid
 
-from ccl.run_dir import ANALYSIS, BEST, METRICS, RECONSTRUCTIONS, RESULTS
+from ccl.run_dir import ANALYSIS, BEST, METRICS, RECONSTRUCTIONS, RESULTS, weights_problem
 from utils.data.loader import BatchLoader
 from utils.data.recipes import Data
 from utils.errors import ConfigError
@@ -150,7 +150,10 @@ def first_layer_kernels(run_dir: Path) -> torch.Tensor:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # noqa: BLE001  (torch.load raises many kinds for a bad file)
         raise ConfigError(f"{path}: not a readable state dict ({type(error).__name__})") from None
-    weight = state.get(FIRST_LAYER_WEIGHT) if isinstance(state, dict) else None
+    problem = weights_problem(state)
+    if problem:
+        raise ConfigError(f"{path} does not hold this run's weights: {problem}")
+    weight = state.get(FIRST_LAYER_WEIGHT)
     if weight is None:
         raise ConfigError(f"{path}: no {FIRST_LAYER_WEIGHT}")
     if weight.dim() != 4 or weight.shape[1] not in (1, 3):

@@ -11,12 +11,15 @@ from pathlib import Path
 from typing import Any
 
 from ccl.reproduce.cluster import EXECUTORS, Cluster, active_job, submit_all
-from ccl.reproduce.paper import PROCEDURES, TABLES, targets_of
+from ccl.reproduce.paper import PROCEDURES, TABLES, configs_of
 from ccl.reproduce.runner import Settings, only_runner, plan_runs, report, run_all
 from ccl.reproduce.table import SELECTIONS, write_grid_tables, write_tables
 from ccl.run_dir import PRIMARY_SELECTION
-from ccl.cli import resolve_device
-from ccl.config import KEYS, check_value, closest, parse_cli_value
+from ccl.cli import DEFAULT_DATA_ROOT, resolve_device
+from ccl.config import KEYS, check_value, closest, parse_cli_value, read_yaml_sections
+from utils.data.datasets import SOURCE_OF
+from utils.data.files import prepare_hint
+from utils.data.prepare import is_ready
 from utils.errors import ConfigError, UserError
 from utils.provenance import REPO_ROOT
 
@@ -36,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "--epochs 2) overrides that config key in every run and names the run directory.")
     run.add_argument("configs", nargs="*", type=Path, help="config files, e.g. yaml/mlp/mnist_ccl.yaml")
     run.add_argument("--table", nargs="+", choices=list(TABLES), default=[],
-                     help="add every config that has a number in this paper table")
+                     help="add every config of a row of this paper table (table1: with its DRTP row)")
     run.add_argument("--seeds", nargs="+", type=int, default=list(DEFAULT_SEEDS),
                      help=f"default: {' '.join(map(str, DEFAULT_SEEDS))}")
     run.add_argument("--grid", nargs="+", default=[], metavar="KEY=V1,V2,...",
@@ -161,8 +164,8 @@ def shown(path: Path) -> Path:
 
 
 def run_command(args: argparse.Namespace, overrides: dict[str, Any], launcher: Sequence[str]) -> int:
-    configs = list(args.configs) + [shown(REPO_ROOT / "yaml" / f"{target.config}.yaml")
-                                    for name in args.table for target in targets_of(name)]
+    configs = list(args.configs) + [shown(REPO_ROOT / "yaml" / f"{config}.yaml")
+                                    for name in args.table for config in configs_of(name)]
     if not configs:
         raise ConfigError("name config files (e.g. yaml/mlp/mnist_ccl.yaml) or --table")
     if args.jobs < 1 or (args.threads is not None and args.threads < 1):
@@ -214,12 +217,28 @@ def cluster_of(args: argparse.Namespace) -> Cluster | None:
 
 
 def dry_run(runs, settings: Settings) -> None:
-    """Each run's state (or its live job) and the command that would train it."""
+    """Each run's state (or its live job) and the command that would train it; then, on
+    stderr (stdout stays one line per run), how many there are and the datasets that are not
+    ready under the data root."""
+    states = []
     for index, run in enumerate(runs):
         device = settings.devices[index % len(settings.devices)]
         job = active_job(run)
-        state = run.state() if job is None else f"job {job[0]['job_id']} {job[1]}"
-        print(f"{state:12} {shlex.join(settings.command(run, device))}")
+        states.append(run.state() if job is None else f"job {job[0]['job_id']} {job[1]}")
+        print(f"{states[-1]:12} {shlex.join(settings.command(run, device))}")
+    root = settings.data_root or DEFAULT_DATA_ROOT
+    for dataset in unprepared_datasets(runs, root):
+        print(f"warning: {dataset} is not prepared under {root}: its runs would fail; run "
+              f"`{prepare_hint(dataset, root)}`", file=sys.stderr)
+    print(f"{len(runs)} runs from {len({run.config for run in runs})} configs, "
+          f"{states.count('finished')} finished", file=sys.stderr)
+
+
+def unprepared_datasets(runs, root: Path) -> list[str]:
+    """The datasets (as prepare_data.py names them) that runs read and `root` does not hold."""
+    needed = {SOURCE_OF[dict(run.overrides).get("dataset") or read_yaml_sections(run.config)["dataset"]]
+              for run in runs if run.state() != "finished"}
+    return [dataset for dataset in sorted(needed) if not is_ready(dataset, root)]
 
 
 def grid_command(args: argparse.Namespace, results_dir: Path) -> int:

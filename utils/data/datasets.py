@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 
 from utils.data.cifar import load_cifar_split
+from utils.data.files import check_data_root
 from utils.data.mnist import load_idx_split
 from utils.data.stl10 import load_stl10_split
 
@@ -61,6 +62,7 @@ def split_indices(num_samples: int, seed: int, val_fraction: float = VAL_FRACTIO
 
 
 def load_splits(dataset: str, root: Path, seed: int) -> Splits:
+    check_data_root(root)
     source = SOURCES[SOURCE_OF[dataset]]
     images, labels = source.load(source.name, Path(root), "train")
     train_idx, val_idx = split_indices(len(images), seed)

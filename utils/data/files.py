@@ -20,6 +20,18 @@ def prepare_hint(dataset: str, root: Path) -> str:
     return PREPARE_COMMAND.format(dataset=dataset, root=root)
 
 
+def check_data_root(root: Path) -> None:
+    """A DataError when `root`, or the nearest of its parents that exists, is not a directory:
+    every file under it would read as missing, and prepare_data.py could not create it."""
+    root = Path(root)
+    existing = next((path for path in (root, *root.parents) if path.exists()), None)
+    if existing is not None and not existing.is_dir():
+        what = "is" if existing == root else f"is under {existing}, which is"
+        raise DataError(f"--data_root {root} {what} not a directory.",
+                        "Pass the folder that holds the datasets (or is to hold them), e.g. "
+                        "--data_root data.")
+
+
 def read_checked(path: Path, expected_md5: str, dataset: str, root: Path,
                  allow_gzip: bool = False, archive: str | None = None) -> bytes:
     """The bytes of `path` (or of `path.gz`, decompressed, when `allow_gzip`), whose md5 must

