@@ -11,6 +11,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
+from ccl import target_prop
 from ccl.fixed_feedback import add_direct_feedback, direct_feedback, feedback_aligned, signal_at
 from models.network import DualNetwork
 
@@ -85,6 +86,16 @@ def drtp_loss(model: DualNetwork, objective, inputs: torch.Tensor, labels: torch
 RULES = {"BP": bp_loss, "CCL": ccl_loss, "FA": fa_loss, "DFA": dfa_loss, "DRTP": drtp_loss}
 DIRECT_RULES = ("DFA", "DRTP")  # the rules that read fixed projections the model must carry
 FIXED_FEEDBACK_RULES = ("FA", *DIRECT_RULES)  # the rules under which the feedback network never trains
+# every method a config may name: these rules, and target propagation's five (ccl/target_prop.py),
+# whose loss is built from the config (its step size) and which train their feedback in a phase of their own
+METHOD_NAMES = (*RULES, *target_prop.METHODS)
+
+
+def rule_loss(config):
+    """(model, objective, inputs, targets) -> loss of `config.method`."""
+    if config.method in target_prop.METHODS:
+        return target_prop.rule_loss(config)
+    return RULES[config.method]
 
 
 def add_fixed_feedback(config, model: DualNetwork, input_shape: Sequence[int], num_classes: int) -> None:

@@ -309,9 +309,10 @@ def test_the_autoencoder_refuses_the_baselines(tmp_path, capsys, method):
 
 
 def test_an_unknown_method_is_refused(tmp_path, capsys):
-    assert run_mlp("--yaml", str(REPO / "yaml/mlp/mnist_fa.yaml"), "--method", "DTP",
+    assert run_mlp("--yaml", str(REPO / "yaml/mlp/mnist_fa.yaml"), "--method", "DTP-BN",
                    "--out_dir", str(tmp_path / "run")) == 2
-    assert "method must be one of BP, CCL, FA, DFA, DRTP; got 'DTP'" in capsys.readouterr().err
+    assert ("method must be one of BP, CCL, FA, DFA, DRTP, DTP, DRL, L-DRL, FW-DTP, FWDTP-BN; got 'DTP-BN'"
+            in capsys.readouterr().err)
 
 
 @pytest.mark.parametrize("method", BASELINES)

@@ -331,11 +331,12 @@ def test_the_allowed_values_are_the_registries_names():
     """One source: registering a rule, architecture, activation, dataset or task transform makes
     it a valid value of its key (config files, flags, --help)."""
     from ccl.rules import RULES
+    from ccl.target_prop import METHODS
     from models import ARCHITECTURES
     from models.layers import ACTIVATIONS
     from utils.data.datasets import SOURCE_OF
     from utils.data.task_transforms import TASK_TRANSFORMS
-    assert KEYS["method"].choices == tuple(RULES)
+    assert KEYS["method"].choices == (*RULES, *METHODS)
     assert KEYS["architecture"].choices == tuple(ARCHITECTURES)
     assert KEYS["act_F"].choices == KEYS["act_B"].choices == tuple(ACTIVATIONS)
     assert KEYS["dataset"].choices == tuple(SOURCE_OF)
