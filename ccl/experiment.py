@@ -24,7 +24,8 @@ from ccl.cli import RunOptions, parse_command_line
 from ccl.config import KEYS, Config, config_yaml, ignored_settings
 from ccl.distributed import ONE_PROCESS, Relayed, World
 from ccl.distributed.batchnorm import synchronise_batch_norm
-from ccl.rules import RULES, add_fixed_feedback
+from ccl.rules import RULES, add_fixed_feedback, rule_loss
+from ccl.target_prop import FeedbackPhase, feedback_phase
 from ccl.run_dir import CHECKPOINT, DIVERGED, FINISHED, ReadOnlyRunDir, RunDir, RunDirError
 from ccl.trainer import Diverged, Interrupted, Trainer
 from models import build_model
@@ -99,6 +100,7 @@ class Experiment:
     objective: Any
     rule: Callable
     world: World = ONE_PROCESS  # the processes that train it together
+    feedback_phase: FeedbackPhase | None = None  # target propagation's feedback training (ccl/target_prop.py)
 
 
 def build(script: Script, config: Config, splits: Splits, device, world: World = ONE_PROCESS) -> Experiment:
@@ -112,7 +114,8 @@ def build(script: Script, config: Config, splits: Splits, device, world: World =
     add_fixed_feedback(config, model, data.input_shape, data.num_classes)
     objective = script.make_objective(config, data.num_classes, world)
     synchronise_batch_norm(model, world, feedback=objective.feedback_reads_batch)
-    return Experiment(config, data, model, objective, RULES[config.method], world)
+    return Experiment(config, data, model, objective, rule_loss(config), world,
+                      feedback_phase(config, model, world))
 
 
 def main(script: Script, argv: Sequence[str] | None = None) -> int:

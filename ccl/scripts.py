@@ -12,6 +12,7 @@ from __future__ import annotations
 from functools import partial
 from pathlib import Path
 
+from ccl import target_prop
 from ccl.cli import DEFAULT_DATA_ROOT
 from ccl.config import Config
 from ccl.distributed import ONE_PROCESS, World
@@ -19,6 +20,7 @@ from ccl.experiment import Experiment, Script, build
 from ccl.figures import save_reconstructions
 from ccl.losses import cnn_alignment_loss, fused_cnn_alignment_loss, mlp_alignment_loss
 from ccl.objectives import Classification, Reconstruction, flood_threshold
+from ccl.rules import METHOD_NAMES
 from ccl.run_dir import CONFIG, RunDir, RunDirError
 from utils.data import load_splits
 from utils.data.recipes import CNN_TRANSFORMS, ae_data, cnn_data, mlp_data
@@ -32,22 +34,26 @@ def mlp_objective(config: Config, num_classes: int, world: World = ONE_PROCESS) 
                           flood_threshold(config))
 
 
-def no_schedules(config: Config) -> None:
+def mlp_check(config: Config) -> None:
     if config.warmup or config.tmax:
         raise ConfigError(f"{MLP.prog} trains without warm-up or cosine schedule (as released): "
                           f"set warmup: 0 and tmax: 0 (got warmup {config.warmup}, tmax {config.tmax})")
+    if config.method in target_prop.METHODS:
+        target_prop.check_config(config)
 
 
 MLP = Script(
     prog="main_class_mlp.py",
-    description="Train an MLP on MNIST, FashionMNIST, CIFAR-10 or CIFAR-100 with BP, CCL, FA, DFA or DRTP.",
+    description="Train an MLP on MNIST, FashionMNIST, CIFAR-10 or CIFAR-100 with BP, CCL, FA, DFA, DRTP "
+                "or target propagation (DTP, DRL, L-DRL, FW-DTP, FWDTP-BN).",
     task="classification",
     architectures=("simple_linear",),
     datasets=("MNIST", "FashionMNIST", "CIFAR10", "CIFAR100"),
     make_data=mlp_data,
     make_objective=mlp_objective,
+    methods=METHOD_NAMES,  # target propagation runs on the MLPs only
     defaults={"task_transform": "none"},
-    check=no_schedules,
+    check=mlp_check,
     # no decorrelation or normalised terms, no augmentation, a pair loss with nothing to fuse
     ignored=("loss_scale_ssl", "loss_scale_D", "augment_validation", "fused_pair_loss"),
 )
@@ -72,7 +78,7 @@ CNN = Script(
     make_data=cnn_data,
     make_objective=cnn_objective,
     defaults={"task_transform": "none"},
-    ignored=("loss_scale_D",),
+    ignored=("loss_scale_D", "weight_init", "feedback_init_range"),  # the MLP's init
 )
 
 
@@ -105,7 +111,7 @@ AUTOENCODER = Script(
     check=ae_check,
     report=save_reconstructions,
     # no decorrelation terms, no flooding; fused_pair_loss is the classification CNN's
-    ignored=("loss_scale_ssl", "filter_target", "fused_pair_loss"),
+    ignored=("loss_scale_ssl", "filter_target", "fused_pair_loss", "weight_init", "feedback_init_range"),
 )
 
 BY_CONFIG_FOLDER = {"mlp": MLP, "cnn": CNN, "cnn_ae": AUTOENCODER}

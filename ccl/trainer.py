@@ -147,6 +147,7 @@ class Trainer:
         self.world = experiment.world
         self.data = shard(experiment.data, self.world)  # each rank's part of every batch
         self.rule = experiment.rule
+        self.feedback_phase = experiment.feedback_phase  # target propagation's; None for the other rules
         self.training_loss = training_loss(self.config, self.model, self.objective, experiment.rule)
         self.run_dir = run_dir
         self.log = log
@@ -172,7 +173,8 @@ class Trainer:
                 "wall_seconds": self.seconds_so_far(), "rng": rng_states(),
                 "config": self.config.as_dict(),
                 "cpu_threads": torch.get_num_threads(),  # CPU sums depend on the thread count
-                "processes": self.world.size}  # and so do the ranks' reductions
+                "processes": self.world.size,  # and so do the ranks' reductions
+                "feedback_phase": self.feedback_phase.state_dict() if self.feedback_phase else None}
 
     def seconds_so_far(self) -> float:
         """Training and validation time over every part of the run, this process's included."""
@@ -190,6 +192,8 @@ class Trainer:
         self.analysis = state.get("analysis", [])  # checkpoints written before analysis_every have none
         self.wall_seconds = state["wall_seconds"]
         restore_rng_states(state["rng"])
+        if self.feedback_phase is not None:
+            self.feedback_phase.load_state_dict(state["feedback_phase"])
 
     def rewrite_views(self) -> None:
         """Bring metrics.jsonl and best.pt back in line with the restored checkpoint (a kill may
@@ -217,6 +221,7 @@ class Trainer:
                 if self.probe is not None and self.progress.epoch == self.progress.batch == 0:  # before any step
                     self._analyse(epoch=0)
                     self.run_dir.write_analysis(self.analysis)
+                self._pretrain_feedback()
                 while self.progress.epoch < self.config.epochs:
                     monitor = self._train_epoch()
                     self._finish_epoch()
@@ -237,6 +242,8 @@ class Trainer:
         bar = tqdm(batches, total=len(loader), initial=progress.batch, disable=None, leave=False,
                    desc=f"epoch {progress.epoch + 1}/{self.config.epochs}", dynamic_ncols=True)
         for inputs, targets in bar:
+            if self.feedback_phase is not None:  # target propagation: K feedback calls on the batch
+                self.feedback_phase.step(inputs, targets)
             loss = self.training_loss(inputs, targets)
             self.optimizer.warmup_scaled(loss, progress.batch).backward()
             self.world.average_gradients(self.parameters)  # several processes: the global batch's gradient
@@ -259,6 +266,12 @@ class Trainer:
         progress.loss_sum, progress.samples = monitor.loss_sum, monitor.samples
         progress.seconds += time.perf_counter() - started
         return monitor
+
+    def _pretrain_feedback(self) -> None:
+        """Target propagation's feedback pre-training, before the first forward step; once per
+        run: a resumed run's checkpoint says it was done."""
+        if self.feedback_phase is not None and not self.feedback_phase.pretrained:
+            self.feedback_phase.pretrain(self.data.train.epoch)
 
     def _raise_if_parameters_diverged(self) -> None:
         finite = torch.stack([p.isfinite().all() for p in self.model.parameters()]).all()

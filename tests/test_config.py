@@ -75,7 +75,7 @@ def edited(**sections) -> dict:
     (["--lr_F", "fast"], "--lr_F must be a number, got 'fast'"),
     (["--lr_F", "nan"], "--lr_F must be a finite number"),
     (["--lr_F"], "argument --lr_F: expected one argument"),
-    (["--act_F", "ELU"], "act_F must be one of elu, tanh, relu, leaky_relu, selu; got 'ELU' "
+    (["--act_F", "ELU"], "act_F must be one of elu, tanh, relu, leaky_relu, selu, tanh_bn; got 'ELU' "
                          "(did you mean elu?)"),
     (["--lr_F", "-1"], "lr_F must be >= 0"),
     (["--batchsize", "0"], "batchsize must be positive"),
