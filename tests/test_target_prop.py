@@ -231,3 +231,18 @@ def test_the_cnn_script_refuses_tp(tmp_path, capsys):
     assert experiment.main(CNN, ["--yaml", str(REPO / "yaml/cnn/mnist_bp.yaml"), "--method", "DTP",
                                  "--out_dir", str(tmp_path / "run")]) == 2
     assert "main_class_cnn.py takes method" in capsys.readouterr().err
+
+
+def test_the_tp_flops_count_one_iteration_of_ours():
+    """Every method's backward is the forward products' once (each W_l gets its own gradient
+    only); the feedback calls make DRL the dearest, then L-DRL, DTP, and the fixed-weight ones."""
+    from ccl.bench.flops import count_tp_flops
+    results = {r.method: r for r in count_tp_flops(["mlp_mnist"], "cpu")}
+    sizes = [784, 256, 256, 256, 256, 256, 10]
+    products = 2 * sum(a * b for a, b in zip(sizes[:-1], sizes[1:])) / 1e6  # MFLOPs per sample
+    for r in results.values():
+        assert r.per_sample(r.backward_flops) == pytest.approx(products, rel=2e-3)
+        assert r.as_dict()["paper_mflops_per_sample"] == {"DTP": 48.69, "DRL": 125.73, "L-DRL": 82.45,
+                                                          "FWDTP-BN": 18.06}.get(r.method)
+    steps = {method: r.step_flops for method, r in results.items()}
+    assert steps["DRL"] > steps["L-DRL"] > steps["DTP"] > steps["FWDTP-BN"] >= steps["FW-DTP"]
