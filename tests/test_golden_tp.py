@@ -22,10 +22,10 @@ from golden import FIXTURES, apply_init_recipe, assert_matches_summary
 
 from ccl.config import build_config, read_yaml_sections
 from ccl.optim import DualOptimizer
-from ccl.target_prop import METHODS, FeedbackPhase, forward_pass, rule_loss
+from ccl.target_prop import METHODS, FeedbackPhase, forward_pass
 from conftest import REPO
 from models.layers import LayerOptions
-from models.mlp import initialise_orthogonal, mlp
+from models.mlp import mlp
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -50,7 +50,8 @@ def _case(method: str, name: str):
     """(case, config at the case's settings, model holding the case's initial weights)."""
     case = _fixture(method)["cases"][name]
     settings = case["config"]
-    config = _config(method, lr_F=settings["lr"], lr_B=settings["lr_backward"] if METHODS[method].feedback_loss else 0.0,
+    lr_B = settings["lr_backward"] if settings["feedback_trainable"] else 0.0
+    config = _config(method, lr_F=settings["lr"], lr_B=lr_B,
                      tp_step_size=settings["stepsize"], tp_noise_std=settings["std_backward"],
                      tp_feedback_calls=settings["epochs_backward"])
     model = mlp(settings["dims"], LayerOptions.from_config(config))
@@ -98,7 +99,7 @@ def _assert_feedback_steps(steps, expected: list[dict], batch: int, lr_B: float,
     assert [step.layer for step in steps] == [entry["layer"] for entry in expected]
     for step, entry in zip(steps, expected):
         assert step.lr == entry["lr"] == lr_B / batch, what
-        assert step.loss.item() == pytest.approx(entry["loss"], rel=LOSS_TOL), f"{what} layer {step.layer} loss"
+        assert step.loss.item() == pytest.approx(entry["loss"], rel=LOSS_TOL), f"{what} {step.layer} loss"
         _assert_gradient(step.grad, entry["grad"], f"{what} layer {step.layer} grad")
 
 
@@ -134,7 +135,7 @@ def _assert_forward_step(case, config, model, expected: dict, what: str) -> None
     result.loss.backward()
     for layer, loss, entry in zip(model.layers, result.layer_losses, steps):
         assert entry["lr"] == config.lr_F / batch, what  # SGD at lr_F on the loss / N
-        assert loss.item() == pytest.approx(entry["loss"], rel=LOSS_TOL), f"{what} layer {entry['layer']} loss"
+        assert loss.item() == pytest.approx(entry["loss"], rel=LOSS_TOL), f"{what} {entry['layer']} loss"
         _assert_gradient(layer.fwd.weight.grad * batch, entry["grad"], f"{what} layer {entry['layer']} grad")
     assert all(p.grad is None for p in model.feedback_parameters()), "a forward loss reached V"
     optimizer.step()

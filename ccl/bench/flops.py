@@ -127,7 +127,8 @@ def count_tp_flops(archs: Sequence[str], device) -> list[FlopsResult]:
             inputs, targets = next(iter(case.experiment.data.train.epoch(0)))
             phase = case.experiment.feedback_phase
             holder = []
-            loss_flops = profiled(lambda: (phase.step(inputs, targets), holder.append(case.loss(inputs, targets))))
+            loss_flops = profiled(lambda: (phase.step(inputs, targets),
+                                           holder.append(case.loss(inputs, targets))))
             backward_flops = profiled(lambda: holder[0].backward())
             results.append(FlopsResult(arch, method, len(targets), loss_flops, backward_flops, 0))
     return results
