@@ -66,13 +66,14 @@ def training_loss(config, model, objective, rule: Rule) -> LossFunction:
     and compiled if the config asks. Only the loss is compiled: the optimizer step stays eager,
     so a learning rate that changes never recompiles anything."""
     device_type = next(model.parameters()).device.type
+    rule_loss = rule.loss_of(config)
 
     def float32_loss(inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        return rule.loss(model, objective, inputs, targets)
+        return rule_loss(model, objective, inputs, targets)
 
     def bf16_loss(inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         with torch.autocast(device_type, dtype=torch.bfloat16):
-            return rule.loss(model, objective, inputs, targets)
+            return rule_loss(model, objective, inputs, targets)
 
     loss = bf16_loss if config.precision == "bf16" else float32_loss
     if not config.compile:

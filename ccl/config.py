@@ -19,7 +19,7 @@ import yaml
 
 from ccl.rules import FEEDBACK_FIXED, RULES, rule_keys
 from models import ARCHITECTURES
-from models.layers import ACTIVATIONS
+from models.layers import ACTIVATIONS, OUTPUT_ACTIVATIONS
 from utils.data.datasets import SOURCE_OF
 from utils.data.task_transforms import TASK_TRANSFORMS
 from utils.errors import ConfigError
@@ -157,6 +157,31 @@ KEYS: dict[str, Key] = {
                       "bf16: the training step runs under bfloat16 autocast (matmuls and convolutions "
                       "in bfloat16; parameters, optimizer and evaluation stay float32); float32: as released",
                       default="float32", choices=("float32", "bf16")),
+    # target propagation (ccl/target_prop.py): the FW-DTP code's flags; read by its five methods only
+    "act_F_top": Key("method", str,
+                      "activation of the forward network's output map: 'none' (the logits as they are, "
+                      "as released) or 'bn' (parameter-free batch standardisation, FWDTP-BN's linear-BN)",
+                      default="none", choices=tuple(OUTPUT_ACTIVATIONS)),
+    "weight_init": Key("method", str,
+                        "'default': PyTorch's init; 'orthogonal' (MLP): the FW-DTP code's, layer by layer "
+                        "from the seed, the forward weight orthogonal, then the feedback weight uniform "
+                        "in +-feedback_init_range", default="default", choices=("default", "orthogonal")),
+    "feedback_init_range": Key("method", float,
+                                "weight_init orthogonal: the feedback weights' uniform range (released: "
+                                "0.01 when they train, 0.001 for FW-DTP's fixed ones)",
+                                default=0.01, above=0),
+    "tp_step_size": Key("training", float,
+                         "TP: the top target's step size beta, t_L = a_L - beta * dCE/da_L "
+                         "(--stepsize; the grid's middle value)", default=0.01, above=0),
+    "tp_noise_std": Key("training", float,
+                         "TP: std of the noise of the feedback losses (--std_backward, its default)",
+                         default=0.01, minimum=0),
+    "tp_feedback_calls": Key("training", int,
+                              "TP: feedback calls on each batch before its forward step (released: K = "
+                              "--epochs_backward, which also sets tp_pretrain_epochs)", default=5, minimum=0),
+    "tp_pretrain_epochs": Key("training", int,
+                               "TP: epochs of feedback training (one call per batch) before the first "
+                               "forward step (released: K = --epochs_backward)", default=5, minimum=0),
     "fused_pair_loss": Key("training", int,
                             "CNN: 1 computes each layer-pair loss and its gradient in closed form "
                             "(fewer products and passes over the activations); results differ from 0 "
@@ -396,6 +421,8 @@ def ignored_settings(config: Config, unread: tuple[str, ...] = ()) -> list[str]:
         fixed = [name for name, other in RULES.items() if other.feedback == FEEDBACK_FIXED]
         notes.append(f"lr_B {config.lr_B:g} is ignored with method {config.method}: the feedback "
                      f"network never trains under {', '.join(fixed)}")
+    if config.weight_init == "default" and config.feedback_init_range != KEYS["feedback_init_range"].default:
+        notes.append("feedback_init_range is ignored while weight_init is default")
     if not config.filter_target and config.flood_threshold != KEYS["flood_threshold"].default:
         notes.append("flood_threshold is ignored while filter_target is 0 (flooding off)")
     if not config.analysis_every and config.analysis_samples != KEYS["analysis_samples"].default:

@@ -25,6 +25,7 @@ from ccl.config import KEYS, Config, config_yaml, ignored_settings
 from ccl.distributed import ONE_PROCESS, Relayed, World
 from ccl.distributed.batchnorm import synchronise_batch_norm
 from ccl.rules import RULES, Rule, add_fixed_state
+from ccl.target_prop import FeedbackPhase
 from ccl.run_dir import CHECKPOINT, DIVERGED, FINISHED, ReadOnlyRunDir, RunDir, RunDirError
 from ccl.trainer import Diverged, Interrupted, Trainer
 from models import build_model
@@ -77,6 +78,9 @@ class Script:
             raise ConfigError(f"num_classes is {config.num_classes} but dataset {config.dataset} has "
                               f"{source.num_classes} classes; set num_classes: {source.num_classes} "
                               f"or remove the key")
+        rule = RULES[config.method]
+        if rule.check is not None:
+            rule.check(config)
         self.check(config)
 
     def warnings(self, config: Config) -> list[str]:
@@ -99,6 +103,7 @@ class Experiment:
     objective: Any
     rule: Rule
     world: World = ONE_PROCESS  # the processes that train it together
+    feedback_phase: FeedbackPhase | None = None  # the rule's own training of the feedback network (TP)
 
 
 def build(script: Script, config: Config, device, world: World = ONE_PROCESS, *,
@@ -117,7 +122,8 @@ def build(script: Script, config: Config, device, world: World = ONE_PROCESS, *,
     add_fixed_state(rule, model, data.input_shape, data.num_classes, config.seed)
     objective = script.make_objective(config, data.num_classes, world)
     synchronise_batch_norm(model, world, feedback=objective.feedback_reads_batch)
-    return Experiment(config, data, model, objective, rule, world)
+    phase = rule.feedback_phase(config, model, world) if rule.feedback_phase else None
+    return Experiment(config, data, model, objective, rule, world, phase)
 
 
 def main(script: Script, argv: Sequence[str] | None = None) -> int:

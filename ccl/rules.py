@@ -1,5 +1,6 @@
 """The learning rules, generic over dual networks and objectives: counter-current learning,
-backprop and three baselines that send fixed random feedback (ccl/fixed_feedback.py).
+backprop, three baselines that send fixed random feedback (ccl/fixed_feedback.py) and the five
+target-propagation baselines (ccl/target_prop.py).
 
 A rule is one `Rule` record in `RULES`: its loss, which maps (model, objective, inputs,
 targets) to the loss whose backward pass gives every parameter its gradient (the training step,
@@ -10,10 +11,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 import torch.nn.functional as F
 
+from ccl import target_prop as tp
 from ccl.fixed_feedback import add_direct_feedback, direct_feedback, feedback_aligned, gradient_at
 from models.network import DualNetwork
 
@@ -89,10 +92,11 @@ def drtp_loss(model: DualNetwork, objective, inputs: torch.Tensor, labels: torch
     return _direct_loss(model, objective, inputs, labels, projected_targets)
 
 
-# How a rule treats the feedback network's parameters:
+# What becomes of the feedback network's parameters under a rule:
 FEEDBACK_BY_PAIR_LOSSES = "trained by its pair losses"  # the loss's gradient reaches them (CCL)
+FEEDBACK_BY_PHASE = "trained in a phase of its own"  # before each step (DTP, DRL, L-DRL)
 FEEDBACK_IDLE = "idle"  # never read, never trained (BP)
-FEEDBACK_FIXED = "fixed"  # read as fixed random feedback, never trained (FA, DFA, DRTP)
+FEEDBACK_FIXED = "fixed"  # read as fixed random feedback, never trained (FA, DFA, DRTP, FW-DTP)
 
 
 @dataclass(frozen=True)
@@ -100,25 +104,57 @@ class Rule:
     """A learning rule, whole: everything the rest of the code asks about a rule is read here,
     never from its name. Adding a rule is adding one entry to `RULES`.
 
-    `loss(model, objective, inputs, targets)` is the loss whose `backward()` gives every
-    parameter the rule trains its gradient; `feedback` says what becomes of the feedback
-    network (one of the FEEDBACK_* above); `reads` names the config keys that this rule reads
-    and the others ignore (a value other than the key's default under another rule is warned
-    about); `compiles` whether torch.compile can trace its loss; `fixed_state(model,
-    input_shape, num_classes, seed)` gives a freshly built model the fixed tensors the rule
-    reads, drawn from the run's seed."""
+    `loss(model, objective, inputs, targets, **settings)` is the loss whose `backward()` gives
+    every forward parameter the rule trains its gradient, the config keys of `loss_settings`
+    passed to it by name (`loss_of(config)`); `feedback` says what becomes of the feedback
+    network (one of the FEEDBACK_* above), and `feedback_phase(config, model, world)` builds the
+    phase that trains it (FEEDBACK_BY_PHASE: `step(inputs, targets)` before each training step,
+    `pretrain(epoch_batches)` once before the first, `state_dict()` for the checkpoint); `reads`
+    names the config keys that this rule reads and the others ignore (a value other than the
+    key's default under another rule is warned about); `compiles` whether torch.compile can
+    trace its loss; `linear_only` whether it trains stacks of dual linear layers (the MLPs)
+    only; `fixed_state(model, input_shape, num_classes, seed)` gives a freshly built
+    model the fixed tensors the rule reads, drawn from the run's seed; `check(config)` refuses
+    (ConfigError) the settings the rule cannot train."""
 
     name: str
     summary: str  # one line, for --help
-    loss: RuleLoss
+    loss: Callable[..., torch.Tensor]
     feedback: str
     reads: tuple[str, ...] = ()
+    loss_settings: tuple[str, ...] = ()
     compiles: bool = True
+    linear_only: bool = False
     fixed_state: Callable[[DualNetwork, Sequence[int], int, int], None] | None = None
+    feedback_phase: Callable[..., "tp.FeedbackPhase"] | None = None
+    check: Callable[..., None] | None = None
 
     @property
     def trains_feedback(self) -> bool:
-        return self.feedback == FEEDBACK_BY_PAIR_LOSSES
+        return self.feedback in (FEEDBACK_BY_PAIR_LOSSES, FEEDBACK_BY_PHASE)
+
+    def loss_of(self, config) -> RuleLoss:
+        """The loss `(model, objective, inputs, targets) -> loss` with the config's settings."""
+        if not self.loss_settings:
+            return self.loss
+        return partial(self.loss, **{name: getattr(config, name) for name in self.loss_settings})
+
+
+def _target_propagation(name: str, summary: str, feedback_loss, normalised: bool = False) -> Rule:
+    """A target-propagation rule (ccl/target_prop.py): the forward loss toward targets sent down
+    the feedback network, which trains in a phase of its own with `feedback_loss` (None: fixed
+    feedback). `normalised`: FWDTP-BN's parameter-free batch normalisation."""
+    chi = tp.batch_standardise if normalised else tp.identity
+    trained = feedback_loss is not None
+    return Rule(name, summary, partial(tp.forward_loss, chi=chi),
+                FEEDBACK_BY_PHASE if trained else FEEDBACK_FIXED,
+                reads=tp.PHASE_KEYS + ("tp_step_size",) if trained else ("tp_step_size",),
+                loss_settings=("tp_step_size",),
+                compiles=False,  # its feedback phase runs outside the compiled loss
+                linear_only=True,
+                feedback_phase=partial(tp.FeedbackPhase.from_config, feedback_loss=feedback_loss, chi=chi)
+                if trained else None,
+                check=tp.check_normalised if normalised else tp.check_config)
 
 
 RULES = {rule.name: rule for rule in (
@@ -130,6 +166,11 @@ RULES = {rule.name: rule for rule in (
     Rule("DFA", "direct feedback alignment", dfa_loss, FEEDBACK_FIXED, fixed_state=add_direct_feedback),
     Rule("DRTP", "direct random target projection", drtp_loss, FEEDBACK_FIXED,
          fixed_state=add_direct_feedback),
+    _target_propagation("DTP", "difference target propagation", tp.dtp_loss),
+    _target_propagation("DRL", "DTP with the difference reconstruction loss", tp.drl_loss),
+    _target_propagation("L-DRL", "DTP with the local difference reconstruction loss", tp.ldrl_loss),
+    _target_propagation("FW-DTP", "fixed-weight difference target propagation", None),
+    _target_propagation("FWDTP-BN", "FW-DTP with parameter-free batch normalisation", None, normalised=True),
 )}
 
 

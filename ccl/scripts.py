@@ -19,7 +19,7 @@ from ccl.experiment import Experiment, Script, build
 from ccl.figures import save_reconstructions
 from ccl.losses import cnn_pair_loss, fused_cnn_pair_loss, mlp_pair_loss
 from ccl.objectives import Classification, Reconstruction, flood_threshold
-from ccl.rules import rule_names
+from ccl.rules import RULES, rule_names
 from ccl.run_dir import CONFIG, RunDir, RunDirError
 from utils.data.recipes import CNN_TRANSFORMS, ae_data, cnn_data, mlp_data
 from utils.data.task_transforms import TASK_TRANSFORMS
@@ -63,17 +63,20 @@ def cnn_objective(config: Config, num_classes: int, world: World = ONE_PROCESS) 
     return Classification(num_classes, alignment, flood_threshold(config))
 
 
+CONV_RULES = tuple(name for name, rule in RULES.items() if not rule.linear_only)
+
 CNN = Script(
     prog="main_class_cnn.py",
     description=f"Train a CNN on CIFAR-10, CIFAR-100, STL-10 (32x32), MNIST or FashionMNIST (32x32) "
-                f"with one of the rules {rule_names()}.",
+                f"with one of the rules {rule_names(CONV_RULES)}.",
     task="classification",
     architectures=("cnn", "cnn_pool"),
     datasets=tuple(CNN_TRANSFORMS),
     make_data=cnn_data,
     make_objective=cnn_objective,
+    methods=CONV_RULES,
     defaults={"task_transform": "none"},
-    ignored=("loss_scale_D",),
+    ignored=("loss_scale_D", "weight_init", "feedback_init_range"),  # the MLP's init
 )
 
 
@@ -108,7 +111,7 @@ AUTOENCODER = Script(
     check=ae_check,
     report=save_reconstructions,
     # no decorrelation terms, no flooding; fused_pair_loss is the classification CNN's
-    ignored=("loss_scale_ssl", "filter_target", "fused_pair_loss"),
+    ignored=("loss_scale_ssl", "filter_target", "fused_pair_loss", "weight_init", "feedback_init_range"),
 )
 
 BY_CONFIG_FOLDER = {"mlp": MLP, "cnn": CNN, "cnn_ae": AUTOENCODER}

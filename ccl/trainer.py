@@ -28,6 +28,7 @@ from ccl.distributed.data import shard
 from ccl.loggers import Loggers
 from ccl.optim import DualOptimizer
 from ccl.run_dir import ANALYSIS, LAST_EPOCH, PRIMARY_SELECTION, RunDir
+from ccl.target_prop import FeedbackPhase
 from utils.seed import restore_rng_states, rng_states
 
 DIVERGENCE_CHECK_EVERY = 50  # steps between reads of the device-side divergence flag
@@ -158,16 +159,37 @@ def _better(value: float, best: float, lower_is_better: bool) -> bool:
     return value < best if lower_is_better else value > best
 
 
-def train_step(loss_of: LossFunction, optimizer: DualOptimizer, world: World,
-               inputs: torch.Tensor, targets: torch.Tensor, batch_in_epoch: int = 0) -> torch.Tensor:
-    """One training step, the whole of it: the rule's loss, scaled down during the warm-up,
-    its gradients by `backward()`, averaged over the run's processes (a no-op in one), then
-    centralised, clipped and applied to both networks. The trainer and the benchmark both take
-    their steps here. The loss is returned unread: reading it would wait for the device."""
-    loss = loss_of(inputs, targets)
-    optimizer.warmup_scaled(loss, batch_in_epoch).backward()
-    world.average_gradients(optimizer.parameters)
-    optimizer.step()
+@dataclass
+class Training:
+    """What a training step needs of an experiment, made once per run (`of`): the rule's loss
+    under the config's precision (compiled if asked), the optimizer, the processes and the
+    rule's feedback phase (target propagation's; None for the other rules)."""
+
+    loss: LossFunction
+    optimizer: DualOptimizer
+    world: World
+    feedback_phase: FeedbackPhase | None
+
+    @classmethod
+    def of(cls, experiment) -> "Training":
+        config, model = experiment.config, experiment.model
+        return cls(training_loss(config, model, experiment.objective, experiment.rule),
+                   DualOptimizer(model, config), experiment.world, experiment.feedback_phase)
+
+
+def train_step(training: Training, inputs: torch.Tensor, targets: torch.Tensor,
+               batch_in_epoch: int = 0) -> torch.Tensor:
+    """One training step, the whole of it: the rule's feedback phase, if it has one; the rule's
+    loss, scaled down during the warm-up; its gradients by `backward()`, averaged over the run's
+    processes (a no-op in one); then centralised, clipped and applied to both networks. The
+    trainer and the benchmark both take their steps here. The loss is returned unread: reading
+    it would wait for the device."""
+    if training.feedback_phase is not None:
+        training.feedback_phase.step(inputs, targets)
+    loss = training.loss(inputs, targets)
+    training.optimizer.warmup_scaled(loss, batch_in_epoch).backward()
+    training.world.average_gradients(training.optimizer.parameters)
+    training.optimizer.step()
     return loss
 
 
@@ -180,7 +202,9 @@ class Trainer:
         self.world = experiment.world
         self.data = shard(experiment.data, self.world)  # each rank's part of every batch
         self.rule = experiment.rule
-        self.training_loss = training_loss(self.config, self.model, self.objective, experiment.rule)
+        self.training = Training.of(experiment)
+        self.optimizer = self.training.optimizer
+        self.feedback_phase = self.training.feedback_phase
         self.run_dir = run_dir
         self.log = log
         self.loggers = loggers or Loggers()
@@ -188,7 +212,6 @@ class Trainer:
                       if self.config.analysis_every else None)
         self.analysis: list[dict] = []  # the analysis records, epoch 0 (before training) first
         self.device = next(self.model.parameters()).device
-        self.optimizer = DualOptimizer(self.model, self.config)
         self.progress = Progress()
         self.history: list[dict] = []
         self.best: dict[str, dict] = {}  # selection -> its epoch and validation metrics
@@ -204,7 +227,8 @@ class Trainer:
                 "wall_seconds": self.seconds_so_far(), "rng": rng_states(),
                 "config": self.config.as_dict(),
                 "cpu_threads": torch.get_num_threads(),  # CPU sums depend on the thread count
-                "processes": self.world.size}  # and so do the ranks' reductions
+                "processes": self.world.size,  # and so do the ranks' reductions
+                "feedback_phase": self.feedback_phase.state_dict() if self.feedback_phase else None}
 
     def seconds_so_far(self) -> float:
         """Training and validation time over every part of the run, this process's included."""
@@ -222,6 +246,8 @@ class Trainer:
         self.analysis = state.get("analysis", [])  # checkpoints written before analysis_every have none
         self.wall_seconds = state["wall_seconds"]
         restore_rng_states(state["rng"])
+        if self.feedback_phase is not None:
+            self.feedback_phase.load_state_dict(state["feedback_phase"])
 
     def rewrite_views(self) -> None:
         """Bring metrics.jsonl and best.pt back in line with the restored checkpoint (a kill may
@@ -249,6 +275,7 @@ class Trainer:
                 if self.probe is not None and self.progress.epoch == self.progress.batch == 0:  # before any step
                     self._analyse(epoch=0)
                     self.run_dir.write_analysis(self.analysis)
+                self._pretrain_feedback()
                 while self.progress.epoch < self.config.epochs:
                     monitor = self._train_epoch()
                     self._finish_epoch()
@@ -271,7 +298,7 @@ class Trainer:
                    desc=name, dynamic_ncols=True)
         report = PlainProgress(bar, name, self.log)
         for inputs, targets in bar:
-            loss = train_step(self.training_loss, self.optimizer, self.world, inputs, targets, progress.batch)
+            loss = train_step(self.training, inputs, targets, progress.batch)
             monitor.observe(loss, len(targets))
             progress.batch += 1
             if self.optimizer.steps_taken % DIVERGENCE_CHECK_EVERY == 0:
@@ -291,6 +318,12 @@ class Trainer:
         progress.loss_sum, progress.samples = monitor.loss_sum, monitor.samples
         progress.seconds += time.perf_counter() - started
         return monitor
+
+    def _pretrain_feedback(self) -> None:
+        """Target propagation's feedback pre-training, before the first forward step; once per
+        run: a resumed run's checkpoint says it was done."""
+        if self.feedback_phase is not None and not self.feedback_phase.pretrained:
+            self.feedback_phase.pretrain(self.data.train.epoch)
 
     def _raise_if_parameters_diverged(self) -> None:
         finite = torch.stack([p.isfinite().all() for p in self.model.parameters()]).all()

@@ -8,6 +8,10 @@ BatchNorm position per side (`fw_bn`, `bw_bn`): 0 none, 1 on the map's input, 2 
 output (before the activation). The output maps of the two networks (the top forward map that
 makes the logits, the bottom feedback map that makes b_0) carry neither BN nor activation.
 BN affine parameters belong to neither optimizer, as in the released code, so they never train.
+
+Target propagation's FWDTP-BN (ccl/target_prop.py) normalises without parameters or running
+statistics: `tanh_bn` is tanh followed by `batch_standardise`, and `act_F_top: bn` puts
+`batch_standardise` on the forward network's output map (its logits).
 """
 from __future__ import annotations
 
@@ -17,12 +21,27 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+BATCH_STD_EPS = 1e-12  # the FW-DTP code's, added to the standard deviation
+
+
+def batch_standardise(z: torch.Tensor) -> torch.Tensor:
+    """(z - mean) / (std + 1e-12) per column over the rows of the batch, std unbiased: the
+    parameter-free batch normalisation of the FW-DTP code, the same batch statistics in training
+    and evaluation (so an output depends on the batch it is computed in)."""
+    return (z - z.mean(dim=0)) / (z.std(dim=0) + BATCH_STD_EPS)
+
+
+def tanh_bn(z: torch.Tensor) -> torch.Tensor:
+    return batch_standardise(torch.tanh(z))
+
+
 ACTIVATIONS = {
     "elu": F.elu,
     "tanh": torch.tanh,
     "relu": F.relu,
     "leaky_relu": F.leaky_relu,
     "selu": F.selu,
+    "tanh_bn": tanh_bn,
 }
 
 NO_BN, BN_ON_INPUT, BN_ON_OUTPUT = 0, 1, 2
@@ -38,15 +57,21 @@ class LayerOptions:
     bw_bn: int = NO_BN
     bn_affine: bool = True
     bias_init: str = "zero"
+    act_F_top: str = "none"
 
     @classmethod
     def from_config(cls, config) -> "LayerOptions":
         return cls(config.act_F, config.act_B, config.fw_bn, config.bw_bn,
-                   bool(config.bn_affine), config.bias_init)
+                   bool(config.bn_affine), config.bias_init, config.act_F_top)
 
 
 def _identity(x: torch.Tensor) -> torch.Tensor:
     return x
+
+
+# what the forward network's output map (the logits) goes through: nothing, as in every
+# released config, or FWDTP-BN's batch standardisation (the FW-DTP code's `linear-BN`)
+OUTPUT_ACTIVATIONS = {"none": _identity, "bn": batch_standardise}
 
 
 class DualLayer(nn.Module):
@@ -66,7 +91,7 @@ class DualLayer(nn.Module):
                                     is_output_map=is_bottom)
         self.fw_bn_position = options.fw_bn if self.fwd_bn is not None else NO_BN
         self.bw_bn_position = options.bw_bn if self.bwd_bn is not None else NO_BN
-        self.fwd_act = _identity if is_top else ACTIVATIONS[options.act_F]
+        self.fwd_act = OUTPUT_ACTIVATIONS[options.act_F_top] if is_top else ACTIVATIONS[options.act_F]
         self.bwd_act = _identity if is_bottom else ACTIVATIONS[options.act_B]
         if options.bias_init == "zero":
             for layer_map in (fwd, bwd):

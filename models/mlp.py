@@ -4,6 +4,9 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+import torch
+from torch import nn
+
 from models.layers import DualLinear, LayerOptions
 from models.network import DualNetwork
 
@@ -29,5 +32,23 @@ def paper_mlp_sizes(input_shape: Sequence[int], num_classes: int) -> list[int]:
     raise ValueError(f"no released MLP for inputs of shape {tuple(input_shape)}")
 
 
+@torch.no_grad()
+def initialise_orthogonal(network: DualNetwork, feedback_range: float, seed: int) -> None:
+    """The FW-DTP code's init (`weight_init: orthogonal`): layer by layer from the input up,
+    the forward weight orthogonal (gain 1), then the feedback weight uniform in
+    +-`feedback_range`, drawn from a generator seeded with `seed`: the same numbers as the
+    released code's after `torch.manual_seed(seed)`, whatever the global stream has drawn."""
+    generator = torch.Generator().manual_seed(seed)
+    for layer in network.layers:  # drawn on the CPU: the same numbers on every device
+        forward = nn.init.orthogonal_(torch.empty(layer.fwd.weight.shape), generator=generator)
+        feedback = nn.init.uniform_(torch.empty(layer.bwd.weight.shape), -feedback_range, feedback_range,
+                                    generator=generator)
+        layer.fwd.weight.copy_(forward)
+        layer.bwd.weight.copy_(feedback)
+
+
 def build_simple_linear(config, input_shape, num_classes) -> DualNetwork:
-    return mlp(paper_mlp_sizes(input_shape, num_classes), LayerOptions.from_config(config))
+    network = mlp(paper_mlp_sizes(input_shape, num_classes), LayerOptions.from_config(config))
+    if config.weight_init == "orthogonal":
+        initialise_orthogonal(network, config.feedback_init_range, config.seed)
+    return network

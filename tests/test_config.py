@@ -77,7 +77,7 @@ def edited(**sections) -> dict:
     (["--lr_F", "1e39"], "lr_F must be within float32's range"),  # SGD's float32 step overflows
     (["--loss_scale_C", "3.5e38"], "loss_scale_C must be within float32's range"),
     (["--lr_F"], "argument --lr_F: expected one argument"),
-    (["--act_F", "ELU"], "act_F must be one of elu, tanh, relu, leaky_relu, selu; got 'ELU' "
+    (["--act_F", "ELU"], "act_F must be one of elu, tanh, relu, leaky_relu, selu, tanh_bn; got 'ELU' "
                          "(did you mean elu?)"),
     (["--lr_F", "-1"], "lr_F must be >= 0"),
     (["--batchsize", "0"], "batchsize must be positive"),

@@ -22,6 +22,7 @@ class Stream(IntEnum):
     DIRECT_FEEDBACK = 2  # DFA's and DRTP's fixed projections (ccl/fixed_feedback.py)
     PROBE = 3  # the random transforms of the analysis's probe batch (ccl/analysis)
     VALIDATION_AUGMENT = 4  # the validation batches' transforms under `augment_validation: 1`
+    TP_NOISE = 5  # the noise of target propagation's feedback losses (ccl/target_prop.py)
 
 
 def derived_seed(*entropy: int) -> int:

@@ -10,11 +10,11 @@ from pathlib import Path
 
 import torch
 
-from ccl.acceleration import LossFunction, check_supported, training_loss
+from ccl.acceleration import LossFunction, check_supported
 from ccl.config import Config, build_config, read_yaml_sections
 from ccl.experiment import Experiment, Script, build
 from ccl.optim import DualOptimizer
-from ccl.trainer import train_step
+from ccl.trainer import Training, train_step
 from ccl.scripts import BY_CONFIG_FOLDER
 from utils.data import SOURCE_OF, SOURCES, Splits
 from utils.data.datasets import VAL_FRACTION
@@ -76,11 +76,18 @@ def synthetic_splits(dataset: str, sizes: tuple[int, int, int], device, seed: in
 
 @dataclass
 class Case:
-    """One config ready to train: the experiment, its optimizer and its training loss."""
+    """One config ready to train: the experiment and what its training step needs."""
 
     experiment: Experiment
-    optimizer: DualOptimizer
-    loss: LossFunction
+    training: Training
+
+    @property
+    def optimizer(self) -> DualOptimizer:
+        return self.training.optimizer
+
+    @property
+    def loss(self) -> LossFunction:
+        return self.training.loss
 
     @property
     def config(self) -> Config:
@@ -92,7 +99,7 @@ class Case:
 
     def step(self, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """One training step, the trainer's own."""
-        return train_step(self.loss, self.optimizer, self.experiment.world, inputs, targets)
+        return train_step(self.training, inputs, targets)
 
 
 def build_case(config: Config, script: Script, splits: Splits, device) -> Case:
@@ -102,8 +109,7 @@ def build_case(config: Config, script: Script, splits: Splits, device) -> Case:
         # compiling a function (and silently runs it eagerly) after a few recompilations.
         torch._dynamo.reset()
     experiment = build(script, config, device, splits=splits)
-    optimizer = DualOptimizer(experiment.model, config)
+    training = Training.of(experiment)
     # time the steady state: past the warm-up, whose loss scaling costs a kernel more
-    optimizer.steps_taken = config.warmup
-    return Case(experiment, optimizer,
-                training_loss(config, experiment.model, experiment.objective, experiment.rule))
+    training.optimizer.steps_taken = config.warmup
+    return Case(experiment, training)

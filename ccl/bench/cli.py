@@ -12,7 +12,7 @@ from ccl.acceleration import SPEED_KEYS
 from ccl.bench import report
 from ccl.bench.cases import CASES
 from ccl.bench.epoch import benchmark_epoch, compare_pipelines, load_mnist
-from ccl.bench.flops import FLOPS_ARCHS, count_flops
+from ccl.bench.flops import FLOPS_ARCHS, count_flops, count_tp_flops
 from ccl.bench.numerics import STEPS as NUMERICS_STEPS
 from ccl.bench.numerics import compare
 from ccl.bench.steps import Settings, benchmark_architecture
@@ -141,7 +141,14 @@ def run(args: argparse.Namespace) -> dict:
         flops = count_flops(args.archs, speed_keys, device)
         print("\nTraining FLOPs of one step, millions per sample (FlopCounterMode: matrix products "
               "and convolutions; the optimizer's update counts 0)\n" + report.flops_table(flops))
-        return {**results, "flops": [result.as_dict() for result in flops]}
+        tp_flops = count_tp_flops(args.archs, device)
+        if tp_flops:
+            print("\nTarget propagation: one iteration (K feedback calls, targets, forward losses and "
+                  "their backward; no forward update), millions per sample (torch.profiler: products "
+                  "and elementwise mul/add, the paper's convention)\n"
+                  + report.flops_table([r for r in flops if r.method == "BP"] + tp_flops))
+        return {**results, "flops": [result.as_dict() for result in flops],
+                "tp_flops": [result.as_dict() for result in tp_flops]}
     if args.epoch:
         epoch = benchmark_epoch(args.epoch, overrides, device, epochs, epoch_sizes)
         print("\nTraining epochs (synthetic data, the trainer's timing)\n" + report.epoch_table(epoch))
