@@ -256,7 +256,8 @@ def test_the_table_runs_follow_the_released_procedure_unless_asked(capsys):
     assert main(["run", "--table", "table3", "--seeds", "1", "--dry_run", "--devices", "cpu",
                  "--procedure", "fixed"]) == 0
     fixed = capsys.readouterr().out
-    assert "cnn/cifar10_ccl/seed1 --overwrite --device cpu" in fixed and "warmup_counter" not in fixed
+    assert "cnn/cifar10_ccl/seed1 --device cpu" in fixed and "warmup_counter" not in fixed
+    assert "--overwrite" not in fixed  # the runner never asks a run to delete one
 
 
 def test_select_picks_a_selection_and_old_runs_tabulate_with_the_others_empty(synthetic_runs, tmp_path,
