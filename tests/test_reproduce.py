@@ -223,7 +223,7 @@ def test_a_damaged_results_file_counts_as_not_finished(runner, tmp_path, capsys,
     capsys.readouterr()
     assert runner(YAML, "--seeds", "1", "--epochs", "1") == 0
     out = capsys.readouterr().out
-    assert f"warning: {results}" in out and "the run counts as not finished" in out
+    assert f"warning: {results}" in out and "it is resumed from its checkpoint" in out
     assert "1 to resume" in out and read_json(results)["status"] == "finished"
 
     results.write_text(damage)
