@@ -25,7 +25,7 @@ from ccl.config import KEYS, Config, config_yaml, ignored_settings
 from ccl.distributed import ONE_PROCESS, Relayed, World
 from ccl.distributed.batchnorm import synchronise_batch_norm
 from ccl.rules import RULES, add_fixed_feedback
-from ccl.run_dir import CHECKPOINT, DIVERGED, FINISHED, ReadOnlyRunDir, RunDir, RunDirError
+from ccl.run_dir import CHECKPOINT, DIVERGED, FINISHED, Damaged, ReadOnlyRunDir, RunDir, RunDirError
 from ccl.trainer import Diverged, Interrupted, Trainer
 from models import build_model
 from models.network import DualNetwork
@@ -202,7 +202,10 @@ def _prepare(script: Script, config: Config, options: RunOptions, run_dir: RunDi
              ) -> tuple[int | None, dict | None]:
     """(the exit code of a run that has already ended, or None; the checkpoint to resume from)."""
     if options.resume:
-        results = run_dir.read_results()
+        try:
+            results = run_dir.read_results()
+        except Damaged:  # the run continues from its checkpoint and writes them again
+            results = None
         if results is not None:  # nothing to continue: testing it again would rewrite its results
             return _repeated(script, run_dir, results, resumed=True), None
         return None, run_dir.load_checkpoint(config)

@@ -227,9 +227,10 @@ def test_a_damaged_results_file_counts_as_not_finished(runner, tmp_path, capsys,
     assert "1 to resume" in out and read_json(results)["status"] == "finished"
 
     results.write_text(damage)
-    assert main(["table", "--runs_root", str(tmp_path / "runs")]) == 0
+    assert main(["table", "--runs_root", str(tmp_path / "runs")]) == 1  # it was the only run
     printed = capsys.readouterr()
     assert f"warning: {results}" in printed.err and "that run is left out" in printed.err
+    assert "nothing was found under --runs_root" in printed.err
     assert "| mlp/mnist_ccl (epochs=1) |" not in printed.out
 
 
