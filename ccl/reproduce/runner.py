@@ -174,7 +174,7 @@ def check_name_lengths(run_dir: Path) -> None:
     """Every name of the run directory's path fits the file system (a grid of long values
     makes long directory names)."""
     existing = Path(run_dir).absolute()
-    while not existing.exists():
+    while not os.path.exists(existing):  # False, not an error, for a name too long
         existing = existing.parent
     try:
         limit = os.pathconf(existing, "PC_NAME_MAX")
