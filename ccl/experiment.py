@@ -25,8 +25,8 @@ from ccl.config import KEYS, Config, config_yaml, ignored_settings
 from ccl.distributed import ONE_PROCESS, Relayed, World
 from ccl.distributed.batchnorm import synchronise_batch_norm
 from ccl.rules import RULES, Rule, add_fixed_state
+from ccl.run_dir import CHECKPOINT, DIVERGED, FINISHED, Damaged, ReadOnlyRunDir, RunDir, RunDirError
 from ccl.target_prop import FeedbackPhase
-from ccl.run_dir import CHECKPOINT, DIVERGED, FINISHED, ReadOnlyRunDir, RunDir, RunDirError
 from ccl.trainer import Diverged, Interrupted, Trainer
 from models import build_model
 from models.network import DualNetwork
@@ -181,17 +181,44 @@ def _quiet_unless(speaking: bool):
 
 def run(script: Script, config: Config, options: RunOptions, world: World = ONE_PROCESS) -> int:
     run_dir = RunDir(options.out_dir) if world.is_main else ReadOnlyRunDir(options.out_dir)
-    with run_dir.locked():
+    created = _missing(run_dir.path)
+    with contextlib.ExitStack() as held:
+        # rank 0 alone takes the lock: its refusal (a busy directory) is every rank's error
+        world.on_main(lambda: _enter(held, run_dir.locked()))
         repeated, checkpoint = world.on_main(lambda: _prepare(script, config, options, run_dir))
         if repeated is not None:
             return repeated
-        return train(script, config, options, run_dir, checkpoint, world)
+        try:
+            return train(script, config, options, run_dir, checkpoint, world)
+        except Exception:  # a failure (a stopped run has returned, a checkpoint saved)
+            if not options.resume and world.is_main and not run_dir.has_progress():
+                run_dir.discard(created)  # a start that failed before its first epoch leaves nothing
+            raise
+
+
+def _enter(stack: contextlib.ExitStack, context) -> None:
+    stack.enter_context(context)
+
+
+def _missing(path: Path) -> list[Path]:
+    """`path` and those of its parents that do not exist yet, deepest first."""
+    missing = []
+    while not path.exists() and path != path.parent:
+        missing.append(path)
+        path = path.parent
+    return missing
 
 
 def _prepare(script: Script, config: Config, options: RunOptions, run_dir: RunDir
              ) -> tuple[int | None, dict | None]:
     """(the exit code of a run that has already ended, or None; the checkpoint to resume from)."""
     if options.resume:
+        try:
+            results = run_dir.read_results()
+        except Damaged:  # the run continues from its checkpoint and writes them again
+            results = None
+        if results is not None:  # nothing to continue: testing it again would rewrite its results
+            return _repeated(script, run_dir, results, resumed=True), None
         return None, run_dir.load_checkpoint(config)
     return start_afresh(script, config, options, run_dir), None
 
@@ -221,14 +248,17 @@ def _same_run(run_dir: RunDir, script: Script, config: Config) -> bool:
     return saved == config and run.get("script") == script.prog
 
 
-def _repeated(script: Script, run_dir: RunDir, results: dict) -> int:
+def _repeated(script: Script, run_dir: RunDir, results: dict, resumed: bool = False) -> int:
+    again = ("start it again with --yaml, --out_dir and --overwrite" if resumed
+             else "pass --overwrite")  # --resume takes no --overwrite
     if results["status"] == FINISHED:
         print(result_line(results, run_dir))
-        print(f"{script.prog}: this run had already finished; pass --overwrite to train it again")
+        print(f"{script.prog}: this run had already finished{': nothing to resume' if resumed else ''}; "
+              f"{again} to train it again")
         return 0
     print(f"{script.prog}: this run diverged ({results.get('diverged')} at step "
-          f"{results.get('diverged_at_step')}); its results are in {run_dir}. Pass --overwrite to "
-          f"train it again, with lower learning rates for another outcome", file=sys.stderr)
+          f"{results.get('diverged_at_step')}); its results are in {run_dir}. To train it again, "
+          f"{again}, with lower learning rates for another outcome", file=sys.stderr)
     return EXIT_DIVERGED
 
 

@@ -21,11 +21,12 @@ plus what some runs add (`OUTPUTS`). Three rules keep a user's files safe:
 """
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -53,6 +54,8 @@ FIGURES = {command: f"{command}.png" for command in ("cka", "alignment", "kernel
 OUTPUTS = (CONFIG, METRICS, CHECKPOINT, *BEST_OF.values(), RESULTS, RECONSTRUCTIONS, ANALYSIS,
            ANALYSIS_OF_BEST, *LOGGER_FOLDERS, *FIGURES.values(), LOCK)
 FINISHED, DIVERGED = "finished", "diverged"
+UNREADABLE = "unreadable"  # RunDir.state: a run directory that no run may touch
+READ_ONLY = (errno.EACCES, errno.EPERM, errno.EROFS)  # what a write to a read-only place fails with
 
 
 class RunDirError(ConfigError):
@@ -83,6 +86,11 @@ class RunDir:
             self.path.mkdir(parents=True, exist_ok=True)
             descriptor = os.open(self.path / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as error:
+            if error.errno in READ_ONLY:
+                where = (f"run directory {self.path} is read-only" if self.path.is_dir() else
+                         f"cannot create the run directory {self.path}: its parent is read-only")
+                raise RunDirError(f"{where} ({error.strerror}); make it writable, or choose another "
+                                  f"--out_dir") from None
             raise RunDirError(f"cannot create the run directory {self.path}: {error.strerror}") from None
         try:
             fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -108,6 +116,22 @@ class RunDir:
                               f"give the directory itself, or another --out_dir")
         if self.path.exists() and not self.path.is_dir():
             raise RunDirError(f"run directory {self.path} is a file; choose another --out_dir")
+
+    def holder(self) -> str | None:
+        """The PID of the process writing the directory (holding its lock), None when none is.
+        The kernel drops the lock of a process that died, so a held lock is a live writer."""
+        try:
+            descriptor = os.open(self.path / LOCK, os.O_RDONLY)
+        except OSError:
+            return None
+        try:
+            # shared and released at once: it tests the writer's exclusive lock without a write
+            fcntl.flock(descriptor, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return os.pread(descriptor, 32, 0).decode(errors="replace").strip() or "unknown"
+        finally:
+            os.close(descriptor)
+        return None
 
     def remove_stale_temporaries(self) -> None:
         """Temporary files of writes that never finished (a kill, a full disk): with the lock
@@ -167,6 +191,23 @@ class RunDir:
                 continue
             shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
 
+    def discard(self, created: Sequence[Path] = ()) -> None:
+        """Remove what a run that ended before its first epoch wrote (its config and lock; it kept
+        nothing), then the directories in `created` (the run made them) that are empty then:
+        nothing another program wrote is removed."""
+        assert self._lock is not None, "discard() needs the lock"
+        for name in OUTPUTS:  # the lock last: no other run takes the directory meanwhile
+            entry = self.path / name
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink(missing_ok=True)
+        for directory in created:  # deepest first
+            try:
+                directory.rmdir()
+            except OSError:  # not empty, or not ours to remove
+                return
+
     # --- reading and writing ----------------------------------------------------------------
     def write_config(self, text: str) -> None:
         write_text(self.path / CONFIG, text)
@@ -204,15 +245,20 @@ class RunDir:
         return results
 
     def state(self) -> str:
-        """finished or diverged (results.json), interrupted (a checkpoint), or new; a damaged
-        results.json counts as not finished."""
+        """finished or diverged (results.json), interrupted (a checkpoint), new, or unreadable:
+        a results.json that cannot be read and no checkpoint to continue from (a new start would
+        delete what the run kept, so nothing may start there). A damaged results.json beside a
+        checkpoint counts as interrupted: resuming loses nothing."""
         try:
-            results = self.read_results()
-        except Damaged:
-            results = None
-        if results is not None:
-            return results["status"]
-        return "interrupted" if (self.path / CHECKPOINT).is_file() else "new"
+            try:
+                results = self.read_results()
+            except Damaged:
+                return "interrupted" if (self.path / CHECKPOINT).is_file() else UNREADABLE
+            if results is not None:
+                return results["status"]
+            return "interrupted" if (self.path / CHECKPOINT).is_file() else "new"
+        except OSError:  # the directory itself cannot be read
+            return UNREADABLE
 
     def load_checkpoint(self, config: Config) -> dict | None:
         """The run's checkpoint, on the CPU (None before its first epoch ended). It must have

@@ -76,7 +76,7 @@ def test_a_sweep_is_submitted_once_and_a_killed_job_is_resumed(sweep, tmp_path):
     for run in runs[:-1]:  # each trained once
         assert len(commands_in(run.with_name(f"{run.name}.log"))) == 1
     first, second = commands_in(killed.with_name(f"{killed.name}.log"))
-    assert "--overwrite" in first and f"--resume {killed}" in second
+    assert "--overwrite" not in first and "--yaml" in first and f"--resume {killed}" in second
     assert "resuming" in killed.with_name(f"{killed.name}.log").read_text()
 
 

@@ -20,6 +20,7 @@ from tiny_data import write_checksum_file, write_idx_dataset
 import models.autoencoder
 from ccl.bench import scaling as check
 from ccl.distributed import World
+from ccl.run_dir import RunDir
 from utils.data import mnist
 
 TORCHRUN = (sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2")
@@ -231,3 +232,16 @@ def test_the_gathered_decorrelation_term_is_the_one_process_term_and_gradient():
     assert mean.item() == pytest.approx(whole.item(), rel=1e-12)
     for gradient, reference in zip(torch.autograd.grad(mean, (a, b)), expected):
         assert torch.allclose(gradient, reference, rtol=1e-12, atol=0)
+
+
+@pytest.mark.slow
+def test_a_busy_run_directory_is_rank_0s_refusal_on_every_rank(tiny, tmp_path):
+    """Rank 0 takes the lock as it decides for every rank: the others stop with its refusal, not
+    with a lost connection."""
+    out = tmp_path / "run"
+    with RunDir(out).locked():
+        process = start_ranks(tiny[1], *run_args(tiny[0], out))
+        _, err = process.communicate(timeout=120)
+    assert process.returncode != 0
+    assert f"run directory {out} is in use by process {os.getpid()}" in err
+    assert "lost another process" not in err  # (torchrun's own report of a failed rank follows)

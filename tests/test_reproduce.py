@@ -223,13 +223,14 @@ def test_a_damaged_results_file_counts_as_not_finished(runner, tmp_path, capsys,
     capsys.readouterr()
     assert runner(YAML, "--seeds", "1", "--epochs", "1") == 0
     out = capsys.readouterr().out
-    assert f"warning: {results}" in out and "the run counts as not finished" in out
+    assert f"warning: {results}" in out and "it is resumed from its checkpoint" in out
     assert "1 to resume" in out and read_json(results)["status"] == "finished"
 
     results.write_text(damage)
-    assert main(["table", "--runs_root", str(tmp_path / "runs")]) == 0
+    assert main(["table", "--runs_root", str(tmp_path / "runs")]) == 1  # it was the only run
     printed = capsys.readouterr()
     assert f"warning: {results}" in printed.err and "that run is left out" in printed.err
+    assert "nothing was found under --runs_root" in printed.err
     assert "| mlp/mnist_ccl (epochs=1) |" not in printed.out
 
 
@@ -256,7 +257,8 @@ def test_the_table_runs_follow_the_released_procedure_unless_asked(capsys):
     assert main(["run", "--table", "table3", "--seeds", "1", "--dry_run", "--devices", "cpu",
                  "--procedure", "fixed"]) == 0
     fixed = capsys.readouterr().out
-    assert "cnn/cifar10_ccl/seed1 --overwrite --device cpu" in fixed and "warmup_counter" not in fixed
+    assert "cnn/cifar10_ccl/seed1 --device cpu" in fixed and "warmup_counter" not in fixed
+    assert "--overwrite" not in fixed  # the runner never asks a run to delete one
 
 
 def test_select_picks_a_selection_and_old_runs_tabulate_with_the_others_empty(synthetic_runs, tmp_path,

@@ -126,6 +126,7 @@ def test_out_of_space_is_one_message_and_the_last_checkpoint_resumes(tiny, tmp_p
 def test_an_unreadable_checkpoint_is_not_answered_with_overwrite(tiny, tmp_path, monkeypatch, capsys):
     out = tmp_path / "run"
     finished_run(tiny, out)
+    (out / "results.json").unlink()  # as if stopped after its last checkpoint
 
     def unreadable(*_, **__):
         raise OSError(errno.EIO, os.strerror(errno.EIO))
@@ -217,12 +218,53 @@ def test_repeating_an_interrupted_command_says_how_to_resume(tiny, tmp_path, cap
     assert f"continue it with `python main_class_mlp.py --resume {out}`" in capsys.readouterr().err
 
 
-def test_a_run_stopped_before_its_first_epoch_starts_afresh(tiny, tmp_path, capsys):
-    """A data error leaves config.yaml behind; after fixing the data the same command runs."""
-    out = tmp_path / "run"
+def test_a_run_that_fails_before_its_first_epoch_leaves_nothing_behind(tiny, tmp_path, capsys):
+    """A data error: the directories the run created are removed; a directory that was there
+    keeps only what the run did not write. After fixing the data the same command runs."""
+    out = tmp_path / "new/run"
     assert run_mlp(*args(tmp_path / "no-data", out)) == 1
-    assert (out / "config.yaml").is_file()
+    assert not (tmp_path / "new").exists()
+    out.mkdir(parents=True)
+    assert run_mlp(*args(tmp_path / "no-data", out)) == 1
+    assert out.is_dir() and not any(out.iterdir())  # no config.yaml, no stale .lock
     assert run_mlp(*args(tiny[0], out)) == 0
+
+
+def test_resuming_a_finished_run_prints_its_result_and_keeps_it(tiny, tmp_path, capsys):
+    out = tmp_path / "run"
+    first = finished_run(tiny, out)
+    printed = capsys.readouterr().out.strip().splitlines()[-1]
+    assert run_mlp("--resume", str(out)) == 0
+    again = capsys.readouterr().out
+    assert printed in again and "already finished: nothing to resume" in again
+    assert (out / "results.json").read_text() == first
+
+
+def test_a_read_only_run_directory_is_named_so(tiny, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "run"
+    out.mkdir()
+    opened = os.open
+
+    def read_only(path, *rest):  # as on a read-only mount (root ignores file modes)
+        if str(path).startswith(str(out)):
+            raise PermissionError(errno.EROFS, os.strerror(errno.EROFS))
+        return opened(path, *rest)
+    monkeypatch.setattr(os, "open", read_only)
+    assert run_mlp(*args(tiny[0], out)) == 2
+    err = capsys.readouterr().err
+    assert f"run directory {out} is read-only" in err and "choose another --out_dir" in err
+
+
+def test_the_analysis_in_a_read_only_run_directory_names_out(tmp_path, monkeypatch, capsys):
+    from ccl.analysis import cli as analysis_cli
+    monkeypatch.setattr(analysis_cli, "analyse_best", lambda *_: {"epoch": 1, "samples": 1})
+
+    def read_only(*_, **__):
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES))
+    monkeypatch.setattr(utils.io.tempfile, "mkstemp", read_only)
+    assert analysis_cli.main([str(tmp_path), "--device", "cpu"]) == 1
+    err = capsys.readouterr().err
+    assert f"{tmp_path} is read-only" in err and "pass --out FILE" in err and "Traceback" not in err
 
 
 def test_another_config_in_a_used_directory_is_refused(tiny, tmp_path, capsys):

@@ -18,6 +18,7 @@ TEMPORARY_SUFFIX = ".tmp"  # `.<name>.<random>.tmp` beside the file being writte
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 _OUT_OF_SPACE = (errno.ENOSPC, errno.EDQUOT)
+_READ_ONLY = (errno.EACCES, errno.EPERM, errno.EROFS)
 
 
 class WriteError(UserError):
@@ -69,6 +70,8 @@ def _write_error(path: Path, error: BaseException) -> BaseException:
     if cause.errno in _OUT_OF_SPACE:
         return WriteError(f"no space left on device at {path}; the previous version of the file "
                           f"is intact")
+    if cause.errno in _READ_ONLY:
+        return WriteError(f"cannot write {path}: {path.parent} is read-only ({cause.strerror})")
     return WriteError(f"cannot write {path}: {cause.strerror or cause}; the previous version of "
                       f"the file is intact")
 

@@ -26,7 +26,7 @@ from ccl.cli import resolve_device
 from ccl.run_dir import ANALYSIS_OF_BEST, PRIMARY_SELECTION, RunDir
 from ccl.scripts import rebuild
 from utils.errors import ConfigError, UserError
-from utils.io import write_json
+from utils.io import WriteError, write_json
 
 PROG = "python -m ccl.analysis"
 DEFAULT_SAMPLES = 1000
@@ -78,6 +78,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                               resolve_device(args.device))
         out = args.out or run_dir / ANALYSIS_OF_BEST
         write_json(out, record)
+    except WriteError as error:
+        hint = "; pass --out FILE to write it elsewhere" if args.out is None else ""
+        print(f"{PROG}: error: {error}{hint}", file=sys.stderr)
+        return error.exit_code
     except UserError as error:
         print(f"{PROG}: error: {error}", file=sys.stderr)
         return error.exit_code

@@ -18,6 +18,7 @@ from ccl.run_dir import ANALYSIS, BEST, FIGURES, METRICS, RunDir
 from ccl.scripts import rebuild
 from utils.data.recipes import Data
 from utils.errors import ConfigError, UserError
+from utils.io import WriteError
 
 
 def draw_cka(args) -> Path:
@@ -127,6 +128,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         out = args.draw(args)
+    except WriteError as error:  # by default a figure goes into the run directory
+        hint = "; pass --out FILE to write it elsewhere" if getattr(args, "out", None) is None else ""
+        print(f"{parser.prog}: error: {error}{hint}", file=sys.stderr)
+        return error.exit_code
     except UserError as error:
         print(f"{parser.prog}: error: {error}", file=sys.stderr)
         return error.exit_code

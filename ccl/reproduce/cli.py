@@ -12,8 +12,8 @@ from typing import Any
 
 from ccl.reproduce.cluster import EXECUTORS, Cluster, active_job, submit_all
 from ccl.reproduce.paper import PROCEDURES, TABLES, configs_of
-from ccl.reproduce.runner import Settings, only_runner, plan_runs, report, run_all
-from ccl.reproduce.table import SELECTIONS, write_grid_tables, write_tables
+from ccl.reproduce.runner import Settings, check_unchanged, only_runner, plan_runs, report, run_all
+from ccl.reproduce.table import SELECTIONS, check_runs_root, write_grid_tables, write_tables
 from ccl.run_dir import PRIMARY_SELECTION
 from ccl.cli import DEFAULT_DATA_ROOT, resolve_device
 from ccl.config import KEYS, check_value, closest, parse_cli_value, read_yaml_sections
@@ -170,6 +170,8 @@ def run_command(args: argparse.Namespace, overrides: dict[str, Any], launcher: S
         raise ConfigError("name config files (e.g. yaml/mlp/mnist_ccl.yaml) or --table")
     if args.jobs < 1 or (args.threads is not None and args.threads < 1):
         raise ConfigError("--jobs and --threads must be positive")
+    for seed in args.seeds:  # every run would reject it
+        check_value("seed", seed, "--seeds")
     cluster = cluster_of(args)
     devices = [None if device is None else resolve_device(device, "--devices") for device in args.devices]
     # seed by seed: a run stopped halfway has one seed of every setting rather than all of a few
@@ -177,6 +179,7 @@ def run_command(args: argparse.Namespace, overrides: dict[str, Any], launcher: S
         run for seed in args.seeds for combination in grid_combinations(args.grid, overrides)
         for run in plan_runs(configs, [seed], {**overrides, **combination}, args.runs_root,
                              args.procedure)))
+    check_unchanged(runs)
     settings = Settings(jobs=args.jobs, devices=devices,
                         threads=args.threads or max(1, (os.cpu_count() or 1) // args.jobs),
                         data_root=args.data_root, launcher=tuple(launcher))
@@ -191,10 +194,19 @@ def run_command(args: argparse.Namespace, overrides: dict[str, Any], launcher: S
             print(f"queued   {run.run_dir}: {record['executor']} job {record['job_id']} is {state}; left to it")
         outcomes, stopped_by = run_all([run for run in runs if run not in queued], settings)
     print(report(outcomes, stopped_by))
-    print(f"tables: {PROG} table --runs_root {args.runs_root}")
+    print(f"tables: {tables_command(args)}")
     if stopped_by is not None:
         return 128 + stopped_by
     return 0 if all(outcome.status == "finished" for outcome in outcomes) else 1
+
+
+def tables_command(args: argparse.Namespace) -> str:
+    """The command that tabulates the runs of `run`: a grid's CSV tables, or the paper's."""
+    if args.grid:
+        keys = [word.partition("=")[0] for word in args.grid]
+        return shlex.join([*PROG.split(), "table", *map(str, args.configs), "--grid", *keys,
+                           "--runs_root", str(args.runs_root)])
+    return shlex.join([*PROG.split(), "table", "--runs_root", str(args.runs_root)])
 
 
 def cluster_of(args: argparse.Namespace) -> Cluster | None:
@@ -245,6 +257,11 @@ def grid_command(args: argparse.Namespace, results_dir: Path) -> int:
     for name in args.grid:
         if name not in KEYS:
             raise ConfigError(f"--grid {name}: not a config key{closest(name, KEYS)}")
+        if KEYS[name].type not in (int, float) or KEYS[name].choices:  # as `run --grid` takes them
+            raise ConfigError(f"--grid {name}: a grid varies numeric keys; {name} takes "
+                              f"{', '.join(map(str, KEYS[name].choices)) or 'a string'}. Runs of other "
+                              f"{name} values are configs of their own, side by side in `{PROG} table`")
+    check_runs_root(args.runs_root)
     configs = [f"{Path(config).parent.name}/{Path(config).stem}" for config in args.configs]
     for path in write_grid_tables(args.runs_root, args.grid, configs, results_dir, args.split):
         print(path)

@@ -24,6 +24,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ccl.reproduce.runner import Run, Settings
+from ccl.run_dir import UNREADABLE, RunDir
 from utils.errors import ConfigError, UserError
 from utils.provenance import REPO_ROOT
 
@@ -96,7 +97,7 @@ def read_record(run: Run) -> dict | None:
         return None
 
 
-def job_state(record: dict) -> str:
+def job_state(record: dict, run: Run) -> str:
     """What submitit says of a recorded job: a Slurm state from sacct, or the local executor's."""
     import submitit  # noqa: PLC0415
 
@@ -104,9 +105,13 @@ def job_state(record: dict) -> str:
         return submitit.SlurmJob(folder=record["folder"], job_id=record["job_id"]).state
     state = submitit.LocalJob(folder=record["folder"], job_id=record["job_id"]).state
     # submitit knows a local job's process only in the process that started it; from another
-    # invocation its answer for a job without a result yet is this, and the controller's id says more
+    # invocation its answer for a job without a result yet is this. The run directory's lock
+    # says whether the job's training process lives (it outlives a killed controller); before
+    # it takes the lock, the job is starting while its controller lives.
     if state == "NO PROCESS AND NO RESULT":
-        return "RUNNING" if _local_controller_alive(int(record["job_id"])) else "ENDED WITHOUT RESULT"
+        if RunDir(run.run_dir).holder() is not None:
+            return "RUNNING"
+        return "PENDING" if _local_controller_alive(int(record["job_id"])) else "ENDED WITHOUT RESULT"
     return state
 
 
@@ -124,7 +129,7 @@ def active_job(run: Run) -> tuple[dict, str] | None:
     record = read_record(run)
     if record is None:
         return None
-    state = job_state(record)
+    state = job_state(record, run)
     word = state.split()[0] if state else "UNKNOWN"
     young = time.time() - record.get("submitted", 0) < UNKNOWN_GRACE_SECONDS
     if word in ACTIVE_SLURM_STATES or (word == "UNKNOWN" and young):
@@ -152,6 +157,9 @@ def submit_all(runs: Sequence[Run], settings: Settings, cluster: Cluster, runs_r
         state, active = run.state(), active_job(run)
         if state in ("finished", "diverged"):
             say(f"{state:9} {run.run_dir} (skipped)")
+        elif state == UNREADABLE:
+            say(f"{state:9} {run.run_dir}: its results.json cannot be read and it has no checkpoint; "
+                f"left alone (move the file away to train it again)")
         elif active is not None:
             say(f"queued    {run.run_dir}: job {active[0]['job_id']} is {active[1]} (log {run.log})")
         else:

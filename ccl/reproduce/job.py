@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 from ccl.reproduce.runner import Run, Settings
+from ccl.run_dir import UNREADABLE
 
 
 def main(argv: list[str]) -> int:
@@ -30,6 +31,9 @@ def main(argv: list[str]) -> int:
     if state in ("finished", "diverged"):
         log.write(f"job: {run.run_dir} has {state}: nothing to do\n")
         return 0
+    if state == UNREADABLE:
+        log.write(f"job: {run.run_dir} cannot be read (its results.json) and has no checkpoint: left alone\n")
+        return 1
     command = settings.command(run, spec["device"])
     log.write(f"$ {shlex.join(command)}\n")
     log.flush()

@@ -1,13 +1,21 @@
 """Run every (config, seed) that is not finished yet, several at a time, each in its own process.
 
 A run lives in <runs_root>/<config folder>/<config name>[-key=value...]/seed<seed> (the layout
-the entry scripts use under runs/ by default), its output goes to seed<seed>.log beside it. What
-the directory holds decides what happens to the run:
+the entry scripts use under runs/ by default), its output goes to seed<seed>.log beside it. A run
+is its directory: one config named under two spellings, or twice, is one run. What the directory
+holds decides what happens to the run:
 
     results.json, status finished   skipped
     results.json, status diverged   skipped and reported: with the same seed it diverges again
     checkpoint.pt                   resumed (--resume)
-    anything else                   started again (--overwrite: without a checkpoint nothing is lost)
+    results.json that cannot be read, no checkpoint   reported and left alone
+    a lock held by another process  left to it (a job or run still training it)
+    anything else                   started (the entry script starts afresh only where no epoch
+                                    has finished; the runner never passes --overwrite)
+
+A run that has ended or was interrupted must have been trained with the config the runner would
+run now (its config.yaml against the config file and overrides): one edited since is refused,
+naming the keys that differ, so that no table mixes the two.
 
 SIGINT or SIGTERM to the runner is passed on to every running run, which checkpoints and stops;
 no new run starts, and the next invocation resumes them. A second signal stops them at once.
@@ -29,15 +37,16 @@ from pathlib import Path
 from typing import Any
 
 from ccl.cli import default_out_dir
-from ccl.config import read_yaml_sections
+from ccl.config import KEYS, Config, build_config, read_yaml_sections
 from ccl.reproduce.paper import released_procedure
-from ccl.run_dir import Damaged, RunDir
+from ccl.run_dir import READ_ONLY, UNREADABLE, Damaged, RunDir
 from ccl.scripts import BY_CONFIG_FOLDER
 from ccl.trainer import StopRequests
 from utils.provenance import REPO_ROOT
 from utils.errors import ConfigError, UserError
 
 POLL_SECONDS = 0.2
+BUSY = "busy"  # another process holds the run directory's lock
 
 
 def read_results(run_dir: Path) -> dict | None:
@@ -86,8 +95,9 @@ class Settings:
         if run.state() == "interrupted":
             return [*self.launcher, str(run.script), "--resume", str(run.run_dir), *common]
         keys = [word for name, value in run.overrides for word in (f"--{name}", str(value))]
+        # no --overwrite: the entry script clears only a directory where no epoch has finished
         return [*self.launcher, str(run.script), "--yaml", str(run.config), "--seed", str(run.seed),
-                "--out_dir", str(run.run_dir), "--overwrite", *keys, *common]
+                "--out_dir", str(run.run_dir), *keys, *common]
 
     def environment(self) -> dict[str, str]:
         threads = str(self.threads)  # parallel runs on one CPU must not fight over its cores
@@ -107,21 +117,83 @@ def plan_runs(configs: Sequence[Path], seeds: Sequence[int], overrides: Mapping[
         if folder not in BY_CONFIG_FOLDER:
             raise ConfigError(f"{config}: configs live in yaml/{{{','.join(BY_CONFIG_FOLDER)}}}/, which "
                               f"names the entry script; {folder!r} is none of these")
-    runs = []
+    runs: dict[Path, Run] = {}
     for config in map(Path, configs):
         keys = dict(overrides)
         if procedure == "released":
             keys = {**released_procedure({**read_yaml_sections(config), **overrides},
                                          config.parent.name), **overrides}
-        runs += [Run(config, seed, tuple(keys.items()), default_out_dir(config, keys, seed, runs_root))
-                 for seed in seeds]
-    return list(dict.fromkeys(runs))  # a config or seed named twice runs once
+        for seed in seeds:
+            run = Run(config, seed, tuple(keys.items()), default_out_dir(config, keys, seed, runs_root))
+            check_name_lengths(run.run_dir)
+            # one directory, one run: the same config under two spellings (relative and
+            # absolute, a link) runs once; two different configs may not share it
+            same = runs.setdefault(run.run_dir.resolve(), run)
+            if same is not run and planned_config(same) != planned_config(run):
+                raise ConfigError(f"{same.config} and {config} are different configs of the same name: "
+                                  f"both would train in {run.run_dir}; rename one, or run them with "
+                                  f"different --runs_root")
+    return list(runs.values())
+
+
+def planned_config(run: Run) -> Config:
+    """The config the entry script would train for `run`, as its config.yaml will hold it."""
+    script = BY_CONFIG_FOLDER[run.config.parent.name]
+    return build_config(read_yaml_sections(run.config), {**dict(run.overrides), "seed": run.seed},
+                        {"task": script.task, **script.defaults}, str(run.config))
+
+
+def changed_keys(run: Run) -> dict[str, tuple[Any, Any]]:
+    """{key: (value in the run directory's config.yaml, value the runner would run)} of a run
+    that has ended or was interrupted; empty when they agree or nothing was kept yet."""
+    if run.state() not in ("finished", "diverged", "interrupted"):
+        return {}
+    try:
+        saved, _ = RunDir(run.run_dir).saved_config()
+    except ConfigError:  # not a run directory of this project: the entry script refuses it
+        return {}
+    planned = planned_config(run)
+    return {name: (getattr(saved, name), getattr(planned, name)) for name in KEYS
+            if getattr(saved, name) != getattr(planned, name)}
+
+
+def check_unchanged(runs: Sequence[Run]) -> None:
+    """Refuse runs trained with another config than the one they would run now."""
+    changed = {run: keys for run in runs if (keys := changed_keys(run))}
+    if not changed:
+        return
+    lines = [f"{run.run_dir}: " + ", ".join(f"{name} {old!r} -> {new!r}" for name, (old, new) in keys.items())
+             for run, keys in list(changed.items())[:5]]
+    more = f"\n  ... and {len(changed) - 5} more" if len(changed) > 5 else ""
+    raise ConfigError(f"{len(changed)} run(s) were trained with another config than the one they would "
+                      f"run now (saved -> now):\n  " + "\n  ".join(lines) + more + "\nrestore the config, "
+                      f"or move those run directories away (or give another --runs_root) to train it")
+
+
+def check_name_lengths(run_dir: Path) -> None:
+    """Every name of the run directory's path fits the file system (a grid of long values
+    makes long directory names)."""
+    existing = Path(run_dir).absolute()
+    while not os.path.exists(existing):  # False, not an error, for a name too long
+        existing = existing.parent
+    try:
+        limit = os.pathconf(existing, "PC_NAME_MAX")
+    except (OSError, ValueError):
+        limit = 255
+    for name in Path(run_dir).parts:
+        if len(name.encode()) > limit:
+            raise ConfigError(f"the run directory name {name[:40]}... has {len(name.encode())} characters, "
+                              f"more than the {limit} the file system allows: it names every key a run "
+                              f"overrides; set fewer keys per run (--grid, --KEY), or put the fixed ones "
+                              f"in a config file of their own")
 
 
 @dataclass
 class Outcome:
     run: Run
-    status: str  # finished, diverged, failed, stopped or not started (the runner was stopped)
+    # finished, diverged, failed, unreadable or busy (left alone), stopped or not started (the
+    # runner was stopped)
+    status: str
     skipped: bool = False
     exit_code: int | None = None
     seconds: float = 0.0
@@ -130,8 +202,17 @@ class Outcome:
 @contextmanager
 def only_runner(runs_root: Path) -> Iterator[None]:
     """One runner per runs root: two would resume the same interrupted run at the same time."""
-    Path(runs_root).mkdir(parents=True, exist_ok=True)
-    with open(Path(runs_root) / ".runner.lock", "w") as lock:
+    root = Path(runs_root)
+    if root.exists() and not root.is_dir():
+        raise ConfigError(f"--runs_root {root} is a file; give a directory (it is made if missing)")
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        lock = open(root / ".runner.lock", "w")  # noqa: SIM115  (closed below)
+    except OSError as error:
+        why = "is read-only" if error.errno in READ_ONLY else "cannot be written"
+        raise ConfigError(f"--runs_root {root} {why} ({error.strerror}); give a directory the runs "
+                          f"may be written to") from None
+    with lock:
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -220,17 +301,24 @@ def run_all(runs: Sequence[Run], settings: Settings, say: Callable[[str], None] 
             ) -> tuple[list[Outcome], int | None]:
     """Run what is not finished, `settings.jobs` at a time, devices round-robin. Returns every
     run's outcome and the signal that stopped the runner, if one did."""
+    states = {run: run.state() for run in runs}
     for run in runs:
         try:
             RunDir(run.run_dir).read_results()
         except Damaged as error:
-            say(f"warning: {error}: the run counts as not finished")
-    states = {run: run.state() for run in runs}
+            then = ("it is resumed from its checkpoint" if states[run] == "interrupted" else
+                    "it has no checkpoint, so the run is left alone: move the file away to train it again")
+            say(f"warning: {error}: {then}")
+        if states[run] in ("new", "interrupted") and (holder := RunDir(run.run_dir).holder()):
+            states[run] = BUSY
+            say(f"busy     {run.run_dir}: process {holder} is writing it; left to it")
     done = [Outcome(run, state, skipped=True) for run, state in states.items()
             if state not in ("new", "interrupted")]
     todo = [run for run in runs if states[run] in ("new", "interrupted")]
     resumed = sum(states[run] == "interrupted" for run in todo)
-    say(f"{len(runs)} runs: {len(done)} already ended (skipped), {resumed} to resume, "
+    ended_before = sum(o.status in ("finished", "diverged") for o in done)
+    left = f", {len(done) - ended_before} left alone" if len(done) > ended_before else ""
+    say(f"{len(runs)} runs: {ended_before} already ended (skipped){left}, {resumed} to resume, "
         f"{len(todo) - resumed} to start; {settings.jobs} at a time")
     free_devices = [settings.devices[slot % len(settings.devices)]
                     for slot in range(min(settings.jobs, len(todo)))][::-1]
@@ -259,15 +347,16 @@ def run_all(runs: Sequence[Run], settings: Settings, say: Callable[[str], None] 
 
 def report(outcomes: Sequence[Outcome], stopped_by: int | None) -> str:
     counts = []
-    for status in ("finished", "diverged", "failed", "stopped", "not started"):
+    for status in ("finished", "diverged", "failed", UNREADABLE, BUSY, "stopped", "not started"):
         these = [o for o in outcomes if o.status == status]
         earlier = sum(o.skipped for o in these) if status in ("finished", "diverged") else 0
         if these:
             counts.append(f"{len(these)} {status}" + (f" ({earlier} in an earlier call)" if earlier else ""))
     lines = [f"{len(outcomes)} runs: " + ", ".join(counts)]
-    problems = [o for o in outcomes if o.status in ("failed", "diverged")]
+    problems = [o for o in outcomes if o.status in ("failed", "diverged", UNREADABLE)]
     if problems:
-        lines.append("runs that did not finish (delete a diverged run's directory to try it again):")
+        lines.append("runs that did not finish (delete a diverged run's directory to try it again; "
+                     "an unreadable one is left as it is):")
         lines += [f"  {o.status:8} {o.run.run_dir}  log {o.run.log}" for o in problems]
     if stopped_by is not None:
         lines.append(f"stopped by {signal.Signals(stopped_by).name}: run the same command again "

@@ -22,13 +22,14 @@ from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from ccl.config import read_yaml_sections
+from ccl.config import KEYS, read_yaml_sections
 from ccl.reproduce.paper import METHOD_ORDER, PAPER, TABLES, Table, Target, released_procedure, targets_of
 from ccl.objectives import Classification
 from ccl.run_dir import LAST_EPOCH, PRIMARY_SELECTION, RESULTS, Damaged, RunDir
 from utils.provenance import REPO_ROOT
-from utils.errors import ConfigError
+from utils.errors import ConfigError, UserError
 from utils.io import write_text
 
 # config folder -> the table its runs belong to (configs the paper gives no number for are
@@ -79,9 +80,10 @@ class Row:
         return self.diff is not None and abs(self.diff) > self.combined_std
 
 
-def run_results(runs_root: Path) -> Iterator[tuple[str, dict[str, str], dict]]:
-    """(config, overrides as the directory names them, results.json) of every run under
-    runs_root that has ended. A damaged results.json is left out with a warning."""
+def run_results(runs_root: Path) -> Iterator[tuple[str, dict[str, str], dict, dict | None]]:
+    """(config, overrides as the directory names them, results.json, the config it was trained
+    with: `saved_values`) of every run under runs_root that has ended. A damaged results.json is
+    left out with a warning."""
     for path in sorted(Path(runs_root).glob(f"*/*/seed*/{RESULTS}")):
         setting = path.parent.parent
         folder = setting.parent.name
@@ -95,15 +97,72 @@ def run_results(runs_root: Path) -> Iterator[tuple[str, dict[str, str], dict]]:
             print(f"warning: {error}; that run is left out", file=sys.stderr)
             continue
         stem, *overrides = OVERRIDE_START.split(setting.name)
-        yield f"{folder}/{stem}", dict(o.split("=", 1) for o in overrides), results
+        yield f"{folder}/{stem}", dict(o.split("=", 1) for o in overrides), results, saved_values(path.parent)
+
+
+def saved_values(run_dir: Path) -> dict[str, Any] | None:
+    """The config a run was trained with (its config.yaml), but its seed; None without one."""
+    try:
+        config, _ = RunDir(run_dir).saved_config()
+    except (UserError, OSError):
+        return None
+    return {name: getattr(config, name) for name in KEYS if name != "seed"}
+
+
+def by_saved_config(name: str, runs: Sequence[tuple[Any, dict | None]]) -> dict[tuple[tuple[str, str], ...], list]:
+    """The items of the runs of one name, grouped by the config each was trained with: {(): all}
+    when they share one (a config file edited between runs does not share it); else by the
+    values of the keys where the configs differ, e.g. {(("method", "BP"),): [...], ...}, said on
+    stderr. A run without a readable config.yaml counts as its own config."""
+    configs = []
+    for _, saved in runs:
+        if saved not in configs:
+            configs.append(saved)
+    if len(configs) < 2:
+        return {(): [item for item, _ in runs]}
+    known = [config for config in configs if config is not None]
+    differing = [key for key in known[0] if len({repr(config[key]) for config in known}) > 1]
+    print(f"note: the runs of {name} were trained with {len(configs)} different configs (differing in "
+          f"{', '.join(differing) or 'config.yaml: missing in some'}); each config is shown on its own",
+          file=sys.stderr)
+    groups = defaultdict(list)
+    for item, saved in runs:
+        label = ((("config.yaml", "missing"),) if saved is None else
+                 tuple((key, value_text(saved[key])) for key in differing))
+        groups[label].append(item)
+    return groups
+
+
+def value_text(value: Any) -> str:
+    """A value as labels and CSV cells show it: a float in the shortest text that reads back
+    as the same float (distinct values stay distinct), without a trailing '.0'."""
+    if isinstance(value, float):
+        text = repr(value)
+        return text[:-2] if text.endswith(".0") else text
+    return str(value)
 
 
 def collect(runs_root: Path) -> dict[tuple[str, str, str], list[dict]]:
-    """results.json of every run under runs_root, by (config, procedure, other overrides)."""
-    groups = defaultdict(list)
-    for config, overrides, results in run_results(runs_root):
-        groups[(config, *procedure_of(config, overrides))].append(results)
+    """results.json of every run under runs_root, by (config, procedure, other overrides); the
+    runs of one name trained with different configs (config.yaml) as separate groups, the keys
+    that tell them apart added to their overrides."""
+    named = defaultdict(list)
+    for config, overrides, results, saved in run_results(runs_root):
+        named[(config, *procedure_of(config, overrides))].append((results, saved))
+    groups = {}
+    for (config, procedure, others), runs in named.items():
+        name = f"{config} ({others})" if others else config
+        for label, results in by_saved_config(name, runs).items():
+            text = " ".join(f"{key}={value}" for key, value in label)
+            groups[(config, procedure, " ".join(filter(None, (others, text))))] = results
     return groups
+
+
+def check_runs_root(runs_root: Path) -> None:
+    if not Path(runs_root).is_dir():
+        raise UserError(f"nothing was found under --runs_root {runs_root}: it is not a directory. Give "
+                        f"the --runs_root the runs were trained under (`python -m ccl.reproduce run "
+                        f"--runs_root DIR`; default runs/reproduce)")
 
 
 def procedure_of(config: str, overrides: dict[str, str]) -> tuple[str, str]:
@@ -132,10 +191,12 @@ def make_row(config: str, procedure: str, overrides: str, results: Sequence[dict
              target: Target | None, selection: str = PRIMARY_SELECTION) -> Row:
     finished = [r for r in results if r["status"] == "finished"]
     first = results[0] if results else {}
+    if target is not None and first.get("method", target.method) != target.method:
+        target = None  # a config edited to another rule: not the paper's row
     chosen = [pair for pair in (selected(r, selection, table.metric) for r in finished) if pair is not None]
     return Row(config, procedure, overrides, selection,
                dataset=target.dataset if target else first.get("dataset", "?"),
-               method=target.method if target else first.get("method", "?"),
+               method=first.get("method") or (target.method if target else "?"),
                values=tuple(value * table.scale for value, _ in chosen),
                epochs=tuple(epoch for _, epoch in chosen),
                diverged=sum(r["status"] == "diverged" for r in results),
@@ -272,7 +333,12 @@ FOOTNOTE = ("ours: mean +- sample std (n - 1) over n finished runs (seeds). flag
 def write_tables(runs_root: Path, results_dir: Path, select: str = PRIMARY_SELECTION) -> str:
     """Markdown of every table (returned) and one CSV per table in results_dir, for the model
     selection `select`, or for each of them side by side (`all`)."""
+    check_runs_root(runs_root)
     groups = collect(runs_root)
+    if not groups:
+        raise UserError(f"nothing was found under --runs_root {runs_root}: no run there has ended (a "
+                        f"<config folder>/<config name>/seed<S>/results.json). Give the --runs_root the "
+                        f"runs were trained under, or train them with `python -m ccl.reproduce run`")
     parts = []
     for table in TABLES.values():
         names = SELECTIONS if select == "all" else (select,)
@@ -293,12 +359,19 @@ def grid_cells(runs_root: Path, keys: Sequence[str], configs: Sequence[str]
                ) -> dict[tuple[str, str], dict[tuple[float, ...], list[dict]]]:
     """The ended runs whose directories set every grid key, by (config, the other overrides as
     text) and then by the keys' values. `configs` (e.g. mlp/mnist_ccl) limits the configs."""
-    grids = defaultdict(lambda: defaultdict(list))
-    for config, overrides, results in run_results(runs_root):
+    named = defaultdict(list)
+    for config, overrides, results, saved in run_results(runs_root):
         if (configs and config not in configs) or not all(key in overrides for key in keys):
             continue
         others = "".join(f"-{k}={v}" for k, v in sorted(overrides.items()) if k not in keys)
-        grids[(config, others)][tuple(float(overrides[key]) for key in keys)].append(results)
+        fixed = None if saved is None else {k: v for k, v in saved.items() if k not in keys}
+        named[(config, others)].append(((tuple(float(overrides[key]) for key in keys), results), fixed))
+    grids = defaultdict(lambda: defaultdict(list))
+    for (config, others), runs in named.items():
+        # a grid whose config was edited between its runs is two grids
+        for label, cells in by_saved_config(config + others, runs).items():
+            for values, results in cells:
+                grids[(config, others + "".join(f"-{k}={v}" for k, v in label))][values].append(results)
     return grids
 
 
@@ -317,7 +390,7 @@ def grid_csv(keys: Sequence[str], cells: dict[tuple[float, ...], list[dict]], ta
         # 4 decimals: the accuracies are float32 fractions, their last digits are noise
         mean = round(statistics.fmean(metric), 4) if metric else ""
         std = round(statistics.stdev(metric), 4) if len(metric) >= 2 else ""
-        writer.writerow([*(f"{v:g}" for v in values), mean, std, len(metric),
+        writer.writerow([*map(value_text, values), mean, std, len(metric),
                          sum(r["status"] == "diverged" for r in runs)])
     return stream.getvalue()
 
