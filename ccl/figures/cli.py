@@ -11,7 +11,7 @@ import torch
 
 from ccl.cli import resolve_device
 from ccl.figures import (alignment_figure, analysis_records, best_epoch, cka_figure, curves_figure,
-                         default_cka_epochs, first_layer_kernels, grid_figure, kernels_figure,
+                         default_cka_points, mean_cka, runs_title, first_layer_kernels, grid_figure, kernels_figure,
                          metrics_rows, read_grid, run_title, save_comparison, save_png,
                          save_reconstructions, validation_metric)
 from ccl.run_dir import ANALYSIS, BEST, FIGURES, METRICS, RunDir
@@ -21,19 +21,39 @@ from utils.errors import ConfigError, UserError
 
 
 def draw_cka(args) -> Path:
-    records = analysis_records(args.run)
-    by_epoch = {record["epoch"]: record for record in records}
-    epochs = args.epochs or default_cka_epochs(list(by_epoch))
-    missing = [epoch for epoch in epochs if epoch not in by_epoch]
-    if missing:
-        raise ConfigError(f"{args.run / ANALYSIS} has no record of epoch "
-                          f"{', '.join(map(str, missing))}; it has epochs {', '.join(map(str, by_epoch))}")
-    figure = cka_figure([by_epoch[epoch] for epoch in epochs], run_title(args.run))
-    return save_png(figure, args.out or args.run / FIGURES["cka"])
+    runs = [(run, analysis_records(run)) for run in args.runs]
+    if args.steps:
+        key, points = "step", args.steps
+    elif args.epochs:
+        key, points = "epoch", args.epochs
+    else:
+        key, points = default_cka_points(runs[0][1])
+    chosen = []  # per run, its record at each point
+    for run, records in runs:
+        by_point = {record[key]: record for record in records if record.get(key) is not None}
+        missing = [point for point in points if point not in by_point]
+        if missing:
+            raise ConfigError(f"{run / ANALYSIS} has no record of {key} {', '.join(map(str, missing))}; "
+                              f"it has {key}s {', '.join(map(str, by_point)) or 'none'}")
+        chosen.append([by_point[point] for point in points])
+    layers = chosen[0][0]["layers"]
+    for run, records in zip(args.runs, chosen):
+        if records[0]["layers"] != layers:
+            raise ConfigError(f"{run}: its layers differ from {args.runs[0]}'s: average runs of one "
+                              f"architecture")
+    labels = [f"{key} {point}" + (" (initial)" if point == 0 else "") for point in points]
+    matrices = [mean_cka([records[index] for records in chosen]) for index in range(len(points))]
+    figure = cka_figure(list(zip(labels, matrices)), layers, runs_title(args.runs))
+    return save_png(figure, args.out or args.runs[0] / FIGURES["cka"])
 
 
 def draw_alignment(args) -> Path:
-    runs = [(run_title(run), analysis_records(run)) for run in args.runs]
+    runs = []
+    for run in args.runs:
+        records = [record for record in analysis_records(run) if record["epoch"] is not None]
+        if not records:
+            raise ConfigError(f"{run / ANALYSIS} has no record of an epoch (alignment draws epochs)")
+        runs.append((run_title(run), records))
     return save_png(alignment_figure(runs), args.out or args.runs[0] / FIGURES["alignment"])
 
 
@@ -94,10 +114,15 @@ def build_parser() -> argparse.ArgumentParser:
         sub.set_defaults(draw=draw)
         return sub
 
-    cka = command("cka", draw_cka, "heatmaps of the forward x feedback CKA matrix at chosen epochs")
-    cka.add_argument("run", type=Path, metavar="RUN_DIR")
-    cka.add_argument("--epochs", type=int, nargs="+", default=None, metavar="E",
-                     help="epochs to draw (default: the first, 1, 5 and the last analysed)")
+    cka = command("cka", draw_cka, "heatmaps of the forward x feedback CKA matrix at chosen epochs or "
+                                   "steps, the mean over the runs given (seeds), and its changes")
+    cka.add_argument("runs", type=Path, nargs="+", metavar="RUN_DIR")
+    when = cka.add_mutually_exclusive_group()
+    when.add_argument("--epochs", type=int, nargs="+", default=None, metavar="E",
+                      help="epochs to draw (default: the first, 1, 5 and the last analysed)")
+    when.add_argument("--steps", type=int, nargs="+", default=None, metavar="S",
+                      help="global steps to draw (records of analysis_steps; the default for a run "
+                           "that has them: every measured step)")
     alignment = command("alignment", draw_alignment,
                         "weight cosine and gradient angle per layer over epochs, runs overlaid")
     alignment.add_argument("runs", type=Path, nargs="+", metavar="RUN_DIR")
