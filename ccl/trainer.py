@@ -23,6 +23,7 @@ from tqdm import tqdm
 
 from ccl.acceleration import training_loss
 from ccl.analysis import analyse, probe_batch
+from ccl.config import step_numbers
 from ccl.distributed import ONE_PROCESS, World
 from ccl.distributed.data import shard
 from ccl.loggers import Loggers
@@ -151,9 +152,11 @@ class Trainer:
         self.run_dir = run_dir
         self.log = log
         self.loggers = loggers or Loggers()
-        self.probe = (probe_batch(self.data.val, self.config.analysis_samples, self.config.seed)
-                      if self.config.analysis_every else None)
-        self.analysis: list[dict] = []  # the analysis records, epoch 0 (before training) first
+        self.analysis_steps = set(step_numbers(self.config.analysis_steps))  # global steps to measure at
+        self.probe = (probe_batch(getattr(self.data, self.config.analysis_split),
+                                  self.config.analysis_samples, self.config.seed)
+                      if self.config.analysis_every or self.analysis_steps else None)
+        self.analysis: list[dict] = []  # the analysis records, in the order they were measured
         self.device = next(self.model.parameters()).device
         self.optimizer = DualOptimizer(self.model, self.config)
         self.progress = Progress()
@@ -214,8 +217,8 @@ class Trainer:
         self.loggers.replay(self.history, self.analysis)  # what a resumed run had logged before
         try:
             with self.stop:
-                if self.probe is not None and self.progress.epoch == self.progress.batch == 0:  # before any step
-                    self._analyse(epoch=0)
+                if self.optimizer.steps_taken == 0 and (self.config.analysis_every or 0 in self.analysis_steps):
+                    self._analyse(epoch=0)  # before any step
                     self.run_dir.write_analysis(self.analysis)
                 while self.progress.epoch < self.config.epochs:
                     monitor = self._train_epoch()
@@ -243,6 +246,9 @@ class Trainer:
             self.optimizer.step()
             monitor.observe(loss, len(targets))
             progress.batch += 1
+            if self.optimizer.steps_taken in self.analysis_steps:  # a set of ints: no device read
+                self._analyse(epoch=None)
+                self.run_dir.write_analysis(self.analysis)
             if self.optimizer.steps_taken % DIVERGENCE_CHECK_EVERY == 0:
                 monitor.raise_if_diverged()
             stop = monitor.stop_signal()
@@ -293,17 +299,28 @@ class Trainer:
 
     def _analysis_due(self, epoch: int) -> bool:
         every = self.config.analysis_every
-        return self.probe is not None and (epoch % every == 0 or epoch == self.config.epochs)
+        return bool(every) and (epoch % every == 0 or epoch == self.config.epochs)
 
-    def _analyse(self, epoch: int) -> None:
-        """Measure the model on the probe batch; `analyse` leaves the model and the random
-        states as they were, so the training goes on bit-identical."""
-        started = time.perf_counter()
-        record = {"epoch": epoch, **analyse(self.model, self.objective, self.rule, *self.probe)}
-        self.analysis.append(record)
-        self.loggers.analysis(record)
-        self.log(f"analysis of epoch {epoch} ({len(self.probe[1])} validation samples, "
-                 f"{time.perf_counter() - started:.1f}s) -> {self.run_dir / ANALYSIS}")
+    def _analyse(self, epoch: int | None) -> None:
+        """Measure the model on the probe batch at this step (`epoch`: the epoch it ends, or
+        None in the middle of one); `analyse` leaves the model and the random states as they
+        were, so the training goes on bit-identical. A step measured already (an analysis_steps
+        step that ends an analysed epoch) is not measured again: its record gets the epoch."""
+        step = self.optimizer.steps_taken
+        if self.analysis and self.analysis[-1].get("step") == step:
+            self.analysis[-1]["epoch"] = epoch if epoch is not None else self.analysis[-1]["epoch"]
+            record = self.analysis[-1]
+        else:
+            started = time.perf_counter()
+            record = {"epoch": epoch, "step": step,
+                      **analyse(self.model, self.objective, self.rule, *self.probe)}
+            self.analysis.append(record)
+            self.log(f"analysis of step {step} ({len(self.probe[1])} {self.config.analysis_split} "
+                     f"samples, {time.perf_counter() - started:.1f}s) -> {self.run_dir / ANALYSIS}")
+            if self.config.analysis_snapshots and step in self.analysis_steps:
+                self.run_dir.save_snapshot(step, self.model.state_dict())
+        if epoch is not None:
+            self.loggers.analysis(record)
 
     @staticmethod
     def _summary(row: dict) -> str:
