@@ -12,15 +12,22 @@ import torch
 import torch.nn.functional as F
 
 from ccl.fixed_feedback import add_direct_feedback, direct_feedback, feedback_aligned, signal_at
+from ccl.objectives import in_order_sum
 from models.network import DualNetwork
 
 
-def ccl_loss(model: DualNetwork, objective, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Counter-current learning: both networks run with every layer input detached, so the
-    sum of pair losses gives each map only the gradient of its own pair."""
+def ccl_loss_terms(model: DualNetwork, objective, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Counter-current learning's loss as its terms (`objective.loss_terms`, named by
+    `objective.term_names`): both networks run with every layer input detached, so each term
+    gives each map only the gradient of its own pair."""
     activations = model(inputs, detach=True)
     signals = model.feedback(objective.feedback_input(targets), detach=True)
-    return objective.local_losses(activations, signals, targets)
+    return objective.loss_terms(activations, signals, targets)
+
+
+def ccl_loss(model: DualNetwork, objective, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Counter-current learning: the sum of the pair losses and the output loss."""
+    return in_order_sum(ccl_loss_terms(model, objective, inputs, targets))
 
 
 def bp_loss(model: DualNetwork, objective, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -83,6 +90,8 @@ def drtp_loss(model: DualNetwork, objective, inputs: torch.Tensor, labels: torch
 
 
 RULES = {"BP": bp_loss, "CCL": ccl_loss, "FA": fa_loss, "DFA": dfa_loss, "DRTP": drtp_loss}
+# the rules whose loss the trainer logs term by term (per pair): the terms, whose in_order_sum is the loss
+LOSS_TERMS = {ccl_loss: ccl_loss_terms}
 DIRECT_RULES = ("DFA", "DRTP")  # the rules that read fixed projections the model must carry
 FIXED_FEEDBACK_RULES = ("FA", *DIRECT_RULES)  # the rules under which the feedback network never trains
 

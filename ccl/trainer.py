@@ -27,7 +27,9 @@ from ccl.config import step_numbers
 from ccl.distributed import ONE_PROCESS, World
 from ccl.distributed.data import shard
 from ccl.loggers import Loggers
+from ccl.objectives import in_order_sum
 from ccl.optim import DualOptimizer
+from ccl.rules import LOSS_TERMS
 from ccl.run_dir import ANALYSIS, LAST_EPOCH, PRIMARY_SELECTION, RunDir
 from utils.seed import restore_rng_states, rng_states
 
@@ -62,17 +64,23 @@ class DivergenceMonitor:
     or stops, at the same step."""
 
     def __init__(self, step: int = 0, loss_sum: float = 0.0, samples: int = 0,
-                 world: World = ONE_PROCESS, stop: StopRequests | None = None):
+                 world: World = ONE_PROCESS, stop: StopRequests | None = None,
+                 term_sums: torch.Tensor | None = None):
         self.step = step  # steps observed, the unread ones included
         self.loss_sum = loss_sum
         self.samples = samples
+        # this rank's loss terms times their batch sizes, added up on the device (float64), unread
+        self.term_sums = term_sums
+        self._terms: list[torch.Tensor] = []
         self.world, self.stop = world, stop
         self._agreed_stop: int | None = None
         self._losses: list[torch.Tensor] = []
         self._batch_sizes: list[int] = []
 
-    def observe(self, loss: torch.Tensor, batch_size: int = 1) -> None:
+    def observe(self, loss: torch.Tensor, batch_size: int = 1, terms: torch.Tensor | None = None) -> None:
         self._losses.append(loss.detach())
+        if terms is not None and terms.dim() == 1:
+            self._terms.append(terms.detach() * batch_size)
         self._batch_sizes.append(self.world.global_size(batch_size))
         self.step += 1
 
@@ -88,6 +96,10 @@ class DivergenceMonitor:
             return
         losses = torch.stack(self._losses)
         sizes = torch.tensor(self._batch_sizes, dtype=losses.dtype, device=losses.device)
+        if self._terms:  # added up on the device, read with the epoch's end
+            terms = torch.stack(self._terms).double().sum(dim=0)
+            self.term_sums = terms if self.term_sums is None else self.term_sums + terms
+            self._terms = []
         (values, weighted), self._agreed_stop = self.world.read_mean(  # the one read
             torch.stack((losses, losses * sizes)), self.stop.signal_number if self.stop else None)
         first_step = self.step - len(values) + 1
@@ -133,6 +145,7 @@ class Progress:
     samples: int = 0
     seconds: float = 0.0
     augment_state: torch.Tensor | None = None
+    term_sums: torch.Tensor | None = None  # the loss terms times batch sizes (DivergenceMonitor)
 
 
 def _better(value: float, best: float, lower_is_better: bool) -> bool:
@@ -148,7 +161,11 @@ class Trainer:
         self.world = experiment.world
         self.data = shard(experiment.data, self.world)  # each rank's part of every batch
         self.rule = experiment.rule
-        self.training_loss = training_loss(self.config, self.model, self.objective, experiment.rule)
+        # a rule in LOSS_TERMS gives its loss as terms, each logged per epoch (train_loss_<name>)
+        loss_terms = LOSS_TERMS.get(experiment.rule)
+        self.term_names = self.objective.term_names(len(self.model.layers)) if loss_terms else []
+        self.training_loss = training_loss(self.config, self.model, self.objective,
+                                           loss_terms or experiment.rule)
         self.run_dir = run_dir
         self.log = log
         self.loggers = loggers or Loggers()
@@ -234,17 +251,19 @@ class Trainer:
         progress, loader = self.progress, self.data.train
         self.model.train()
         monitor = DivergenceMonitor(self.optimizer.steps_taken, progress.loss_sum, progress.samples,
-                                    self.world, self.stop)
+                                    self.world, self.stop,
+                                    None if progress.term_sums is None else progress.term_sums.to(self.device))
         started = time.perf_counter()
         batches = loader.epoch(progress.epoch, progress.batch, progress.augment_state)
         bar = tqdm(batches, total=len(loader), initial=progress.batch, disable=None, leave=False,
                    desc=f"epoch {progress.epoch + 1}/{self.config.epochs}", dynamic_ncols=True)
         for inputs, targets in bar:
-            loss = self.training_loss(inputs, targets)
+            terms = self.training_loss(inputs, targets)  # the loss, or its terms
+            loss = in_order_sum(terms)
             self.optimizer.warmup_scaled(loss, progress.batch).backward()
             self.world.average_gradients(self.parameters)  # several processes: the global batch's gradient
             self.optimizer.step()
-            monitor.observe(loss, len(targets))
+            monitor.observe(loss, len(targets), terms)
             progress.batch += 1
             if self.optimizer.steps_taken in self.analysis_steps:  # a set of ints: no device read
                 self._analyse(epoch=None)
@@ -256,6 +275,7 @@ class Trainer:
                 monitor.raise_if_diverged()  # never checkpoint a diverged model
                 self._raise_if_parameters_diverged()
                 progress.loss_sum, progress.samples = monitor.loss_sum, monitor.samples
+                progress.term_sums = monitor.term_sums
                 progress.seconds += time.perf_counter() - started
                 progress.augment_state = loader.generator.get_state()
                 self.run_dir.save_checkpoint(self.checkpoint())
@@ -263,6 +283,7 @@ class Trainer:
         monitor.raise_if_diverged()
         self._raise_if_parameters_diverged()
         progress.loss_sum, progress.samples = monitor.loss_sum, monitor.samples
+        progress.term_sums = monitor.term_sums
         progress.seconds += time.perf_counter() - started
         return monitor
 
@@ -280,6 +301,7 @@ class Trainer:
             raise Diverged(self.optimizer.steps_taken, what=f"validation {criterion}")
         row = {"epoch": progress.epoch + 1, "step": self.optimizer.steps_taken,
                "train_loss": progress.loss_sum / max(progress.samples, 1),
+               **self._mean_loss_terms(progress),
                **{f"val_{name}": value for name, value in val.items()},
                **self.optimizer.learning_rates(),
                "seconds": progress.seconds, "eval_seconds": time.perf_counter() - started}
@@ -296,6 +318,14 @@ class Trainer:
         self._write_views(new_best=improved)
         self.loggers.metrics(row)
         self.log(self._summary(row))
+
+    def _mean_loss_terms(self, progress: Progress) -> dict[str, float]:
+        """The epoch's mean of each loss term, read after the device was read for the epoch's
+        divergence check (its queue is empty: no wait of its own)."""
+        if progress.term_sums is None:
+            return {}
+        means = (self.world.sum(progress.term_sums) / max(progress.samples, 1)).tolist()
+        return {f"train_loss_{name}": value for name, value in zip(self.term_names, means, strict=True)}
 
     def _analysis_due(self, epoch: int) -> bool:
         every = self.config.analysis_every
@@ -326,7 +356,7 @@ class Trainer:
     def _summary(row: dict) -> str:
         parts = [f"epoch {row['epoch']}"]
         for name, value in row.items():
-            if name not in ("epoch", "step", "seconds", "eval_seconds"):
+            if name not in ("epoch", "step", "seconds", "eval_seconds") and not name.startswith("train_loss_"):
                 parts.append(f"{name} {value:.4g}")
         parts.append(f"{row['seconds']:.1f}s")
         return "  ".join(parts)

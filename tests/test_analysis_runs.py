@@ -224,3 +224,19 @@ def test_the_best_models_analysis_says_how_far_each_weight_moved(tiny_mnist, tmp
     assert analysis_main([str(out), "--device", "cpu"]) == 0
     change = json.loads((out / "analysis.json").read_text())["weight_change"]
     assert change["bwd"] == [0.0] * 6 and all(value > 0 for value in change["fwd"])
+
+
+def test_metrics_log_each_loss_term_whose_sum_is_the_training_loss(analysed, tiny_mnist, tmp_path):
+    """CCL's metrics rows carry the epoch's mean cross-entropy and the mean of every pair loss;
+    BP's, whose loss is one term, none."""
+    rows = [json.loads(line) for line in (analysed / "metrics.jsonl").read_text().splitlines()]
+    names = ["train_loss_output", *(f"train_loss_pair{index}" for index in range(6))]
+    for row in rows:
+        assert [name for name in row if name.startswith("train_loss_")] == names
+        assert sum(row[name] for name in names) == pytest.approx(row["train_loss"], rel=1e-6)
+        assert all(row[name] > 0 for name in names)
+    bp = tmp_path / "bp"
+    assert run_mlp("--yaml", str(REPO / "yaml/mlp/mnist_bp.yaml"), "--data_root", str(tiny_mnist[0]),
+                   "--epochs", "1", "--out_dir", str(bp), "--device", "cpu") == 0
+    row = json.loads((bp / "metrics.jsonl").read_text())
+    assert not [name for name in row if name.startswith("train_loss_")]

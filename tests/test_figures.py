@@ -50,6 +50,7 @@ def _run(tmp_path, name, *, config="mlp/mnist_ccl", seed=2023, epochs=(0, 1, 2, 
         {"method": {"method": "CCL"}, "training": {"seed": seed}, "run": {"yaml": f"yaml/{config}.yaml"}}))
     _write_jsonl(run / figures.ANALYSIS, [_record(epoch) for epoch in epochs])
     metrics = [{"epoch": e, "step": 10 * e, "train_loss": 2.0 / e, "seconds": 1.0,
+                **{f"train_loss_{name}": 0.5 / e for name in ("output", "pair0", "pair1")},
                 **({"val_mse": 0.1 / e} if autoencoder else {"val_loss": 2.1 / e, "val_acc": 0.5 + e / 20})}
                for e in range(1, 4)]
     _write_jsonl(run / figures.METRICS, metrics)
@@ -186,6 +187,19 @@ def test_curves_of_classification_and_autoencoder_runs(tmp_path, autoencoder):
     second = _run(tmp_path, "bp", autoencoder=autoencoder, config="mlp/mnist_bp")
     assert figures_main(["curves", str(first), str(second)]) == 0
     _assert_png(first / "curves.png")
+
+
+def test_curves_draw_each_loss_term_where_a_run_logged_them(tmp_path, monkeypatch):
+    ccl, bp = _run(tmp_path, "ccl"), _run(tmp_path, "bp", config="mlp/mnist_bp")
+    rows = [{key: value for key, value in json.loads(line).items() if not key.startswith("train_loss_")}
+            for line in (bp / figures.METRICS).read_text().splitlines()]
+    _write_jsonl(bp / figures.METRICS, rows)
+    assert figures.loss_terms(figures.metrics_rows(ccl)) == ["output", "pair0", "pair1"]
+    assert figures.loss_terms(rows) == []
+    figure = figures.curves_figure([("ccl", figures.metrics_rows(ccl)), ("bp", rows)])
+    assert len(figure.axes) == 3 and len(figure.axes[2].lines) == 3
+    assert figures_main(["curves", str(ccl), str(bp)]) == 0
+    _assert_png(ccl / "curves.png")
 
 
 def test_grid_writes_beside_the_csv(tmp_path):

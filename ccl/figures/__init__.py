@@ -7,7 +7,8 @@ The commands (cli.py):
                                                               mean over runs (seeds), and their changes
     python -m ccl.figures alignment RUN_DIR ...               weight cosine and gradient angle over epochs
     python -m ccl.figures kernels RUN_BP RUN_CCL [--count K]  first-layer conv kernels side by side
-    python -m ccl.figures curves RUN_DIR ...                  loss and accuracy (AE: MSE) per epoch
+    python -m ccl.figures curves RUN_DIR ...                  loss and accuracy (AE: MSE) per epoch,
+                                                              and each loss term (CCL's pair losses)
     python -m ccl.figures grid GRID_CSV [--title T]           test accuracy over lr_F x lr_B
     python -m ccl.figures reconstructions RUN_DIR             an autoencoder run's reconstructions.png again
     python -m ccl.figures compare RUN_DIR ... --out FILE      reconstructions of several autoencoder runs
@@ -26,7 +27,8 @@ What they read:
   b_0..b_L = target), "weight_cosine": [...] (L), "grad_angle_deg": [...] (L)}; null where a value
   is undefined. The record of `ccl.analysis.analyse` with its epoch and step.
 - `RUN_DIR/metrics.jsonl`: the trainer's rows, of which `epoch`, `train_loss` and either
-  `val_loss` and `val_acc` (classification) or `val_mse` (autoencoder).
+  `val_loss` and `val_acc` (classification) or `val_mse` (autoencoder), and where the rule
+  logs them (CCL), its loss terms `train_loss_output`, `train_loss_pair0`, ...
 - `RUN_DIR/best.pt`: a state dict with `layer1.fwd.weight` of shape (out, in, kh, kw), in = 1 or 3.
 - `RUN_DIR/config.yaml` (optional): titles read `<config folder>/<config name>, seed S` from its
   `run: yaml:` path and `training: seed:`; without it, the directory's name.
@@ -403,13 +405,22 @@ def kernels_figure(panels: Sequence[tuple[str, torch.Tensor]], count: int = 64) 
     return figure
 
 
+def loss_terms(rows: Sequence[dict]) -> list[str]:
+    """The names of the loss terms a run's metrics rows carry (train_loss_<name>: CCL's
+    cross-entropy `output` and each pair's loss `pairL`), in their order."""
+    return [name[len("train_loss_"):] for name in rows[0] if name.startswith("train_loss_")]
+
+
 def curves_figure(runs: Sequence[tuple[str, Sequence[dict]]]) -> Figure:
     """Left: training loss (solid; the rule's own loss: CCL's includes its pair losses) and
-    validation loss (dashed); right: validation accuracy, or the autoencoder's validation MSE.
-    One colour per run; the first run's metric decides which."""
+    validation loss (dashed); middle: validation accuracy, or the autoencoder's validation MSE.
+    One colour per run; the first run's metric decides which. Right, where a run logged its loss
+    terms: each term's mean per epoch (log scale), one colour per term, one line style per run."""
     metric = validation_metric(runs[0][1])
-    figure = _figure(10, 4)
-    loss_ax, metric_ax = figure.subplots(1, 2)
+    terms = list(dict.fromkeys(name for _, rows in runs for name in loss_terms(rows)))
+    figure = _figure(15 if terms else 10, 4)
+    axes = figure.subplots(1, 3 if terms else 2)
+    loss_ax, metric_ax = axes[0], axes[1]
     for (title, rows), colour in zip(runs, _colours(len(runs))):
         epochs = [row["epoch"] for row in rows]
         loss_ax.plot(epochs, [row["train_loss"] for row in rows], color=colour, label=f"{title}, train")
@@ -424,6 +435,20 @@ def curves_figure(runs: Sequence[tuple[str, Sequence[dict]]]) -> Figure:
     for ax in (loss_ax, metric_ax):
         _epoch_axis(ax)
         ax.legend(fontsize=7)
+    if terms:
+        terms_ax, colours = axes[2], dict(zip(terms, _colours(len(terms))))
+        for (title, rows), style in zip(runs, _line_styles(len(runs))):
+            epochs = [row["epoch"] for row in rows]
+            for name in loss_terms(rows):
+                terms_ax.plot(epochs, [row.get(f"train_loss_{name}", math.nan) for row in rows],
+                              color=colours[name], linestyle=style, marker=".")
+        terms_ax.set_yscale("log")
+        terms_ax.set_ylabel("training loss term, mean over the epoch")
+        _epoch_axis(terms_ax)
+        handles = [Line2D([], [], color=colours[name], label=name) for name in terms]
+        handles += [Line2D([], [], color="black", linestyle=style, label=title)
+                    for (title, _), style in zip(runs, _line_styles(len(runs)))]
+        terms_ax.legend(handles=handles, fontsize=7)
     epochs = [row["epoch"] for _, rows in runs for row in rows]
     _suptitle(figure, f"{'; '.join(title for title, _ in runs)}: training curves, {_epoch_span(epochs)}")
     return figure
