@@ -51,7 +51,7 @@ ANALYSIS_OF_BEST = "analysis.json"  # python -m ccl.analysis RUN_DIR
 SNAPSHOTS = "snapshots"  # analysis_snapshots: 1: the weights at each analysis_steps step
 LOGGER_FOLDERS = ("tensorboard", "wandb")  # --logger tensorboard, --logger wandb
 # python -m ccl.figures COMMAND RUN_DIR, when no --out is given
-FIGURES = {command: f"{command}.png" for command in ("cka", "alignment", "kernels", "curves")}
+FIGURES = {command: f"{command}.png" for command in ("cka", "alignment", "kernels", "curves", "tsne")}
 # every name this project writes into a run directory; nothing else is ever deleted
 OUTPUTS = (CONFIG, METRICS, CHECKPOINT, *BEST_OF.values(), RESULTS, RECONSTRUCTIONS, ANALYSIS,
            ANALYSIS_OF_BEST, SNAPSHOTS, *LOGGER_FOLDERS, *FIGURES.values(), LOCK)

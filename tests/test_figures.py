@@ -328,3 +328,42 @@ def test_reconstructions_of_a_classification_run(tmp_path, capsys, command):
     out = ["--out", str(tmp_path / "x.png")] if command == "compare" else []
     assert figures_main([command, str(run), *out]) == 2
     assert f"{run} is a classification run; {command} draws autoencoder runs" in capsys.readouterr().err
+
+
+# --- t-SNE ---------------------------------------------------------------------------------
+@pytest.fixture
+def snapshotted(tiny_mnist, tmp_path):
+    """A tiny MLP run that kept its weights at steps 0 and 9."""
+    from runs import MLP_YAML, run_mlp
+    out = tmp_path / "snapshotted"
+    assert run_mlp("--yaml", MLP_YAML, "--data_root", str(tiny_mnist[0]), "--epochs", "1", "--device", "cpu",
+                   "--batchsize", "64", "--analysis_steps", "0,9", "--analysis_samples", "8",
+                   "--analysis_snapshots", "1", "--out_dir", str(out)) == 0
+    return out
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_tsne_draws_one_fit_per_step(snapshotted, tmp_path):
+    pytest.importorskip("sklearn", reason="tsne needs scikit-learn (pip install scikit-learn)")
+    out = tmp_path / "tsne.png"
+    assert figures_main(["tsne", str(snapshotted), "--steps", "0", "9", "--samples", "60", "--layer", "2",
+                         "--device", "cpu", "--out", str(out)]) == 0
+    _assert_png(out)
+
+
+def test_tsne_fits_forward_and_feedback_points_together_with_a_fixed_seed():
+    pytest.importorskip("sklearn", reason="tsne needs scikit-learn (pip install scikit-learn)")
+    generator = np.random.default_rng(0)
+    forward, feedback = generator.normal(size=(40, 5)), generator.normal(size=(4, 5))
+    first, again = figures.fit_tsne(forward, feedback), figures.fit_tsne(forward, feedback)
+    assert first[0].shape == (40, 2) and first[1].shape == (4, 2)
+    assert np.array_equal(first[0], again[0]) and np.array_equal(first[1], again[1])
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_tsne_without_scikit_learn_or_without_snapshots(snapshotted, capsys, monkeypatch):
+    assert figures_main(["tsne", str(snapshotted), "--steps", "0", "5", "--device", "cpu"]) == 2
+    assert "no weights of step 5" in _error_line(capsys)
+    monkeypatch.setitem(sys.modules, "sklearn.manifold", None)  # import fails as if not installed
+    assert figures_main(["tsne", str(snapshotted), "--steps", "0", "--samples", "20", "--device", "cpu"]) == 2
+    assert "pip install scikit-learn" in _error_line(capsys)

@@ -9,6 +9,8 @@ The commands (cli.py):
     python -m ccl.figures kernels RUN_BP RUN_CCL [--count K]  first-layer conv kernels side by side
     python -m ccl.figures curves RUN_DIR ...                  loss and accuracy (AE: MSE) per epoch,
                                                               and each loss term (CCL's pair losses)
+    python -m ccl.figures tsne RUN_DIR [--steps S ...] [--layer L] [--samples N]
+                                                              t-SNE of forward and feedback embeddings
     python -m ccl.figures grid GRID_CSV [--title T]           test accuracy over lr_F x lr_B
     python -m ccl.figures reconstructions RUN_DIR             an autoencoder run's reconstructions.png again
     python -m ccl.figures compare RUN_DIR ... --out FILE      reconstructions of several autoencoder runs
@@ -500,6 +502,62 @@ def default_cka_points(records: Sequence[dict]) -> tuple[str, list[int]]:
 def validation_metric(rows: Sequence[dict]) -> str:
     """`val_acc` for a classification run's metrics, `val_mse` for an autoencoder's."""
     return "val_acc" if "val_acc" in rows[0] else "val_mse"
+
+
+# --- t-SNE of forward and feedback embeddings (the paper's Figure 3) -----------------------
+TSNE_SEED = 0  # sklearn's TSNE random_state: the same layout for the same embeddings
+TSNE_PERPLEXITY = 30.0
+SKLEARN_MISSING = ("tsne needs scikit-learn, an optional dependency of this project: "
+                   "pip install scikit-learn")
+
+
+@torch.no_grad()
+def paired_embeddings(model, objective, inputs: torch.Tensor, labels: torch.Tensor,
+                      layer: int) -> tuple[np.ndarray, np.ndarray]:
+    """(a_layer of each input, N x D; b_layer of each class's one-hot, C x D), in eval mode,
+    flattened: a forward layer's output and the feedback output its pair loss compares it with.
+    The model is left in eval mode (a model rebuilt for the figure)."""
+    model.eval()
+    forward = model(inputs)[layer].flatten(1)
+    feedback = model.feedback(objective.feedback_input(labels))[layer].flatten(1)
+    return forward.double().cpu().numpy(), feedback.double().cpu().numpy()
+
+
+def fit_tsne(forward: np.ndarray, feedback: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """One 2-D t-SNE of the N forward embeddings and the C feedback templates together, each
+    template entered once (docs/ANALYSES.md says why); seeded, PCA-initialised."""
+    try:
+        from sklearn.manifold import TSNE  # noqa: PLC0415  (optional: only this figure needs it)
+    except ImportError:
+        raise ConfigError(SKLEARN_MISSING) from None
+    points = np.concatenate([forward, feedback])
+    perplexity = min(TSNE_PERPLEXITY, (len(points) - 1) / 3)
+    layout = TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=TSNE_SEED).fit_transform(points)
+    return layout[:len(forward)], layout[len(forward):]
+
+
+def tsne_figure(panels: Sequence[tuple[str, np.ndarray, np.ndarray, np.ndarray]], title: str) -> Figure:
+    """One t-SNE panel per (label, forward layout N x 2, labels N, feedback layout C x 2): dots
+    the forward embeddings of test images, squares (black edge) the feedback templates of the
+    classes, the colour the class."""
+    classes = len(panels[0][3])
+    colours = _colours(classes)
+    figure = _figure(0.4 + 3.2 * len(panels), 3.9)
+    axes = figure.subplots(1, len(panels), squeeze=False)[0]
+    for ax, (label, forward, labels, feedback) in zip(axes, panels):
+        ax.scatter(forward[:, 0], forward[:, 1], s=4, c=[colours[c] for c in labels], alpha=0.6, linewidths=0)
+        ax.scatter(feedback[:, 0], feedback[:, 1], s=90, marker="s", c=colours[:len(feedback)],
+                   edgecolors="black", linewidths=1.2)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.set_title(label, fontsize=9)
+    handles = [Line2D([], [], color=colours[c], marker="o", linestyle="", label=str(c)) for c in range(classes)]
+    handles += [Line2D([], [], color="grey", marker="o", linestyle="", label="forward: test image"),
+                Line2D([], [], color="grey", marker="s", markeredgecolor="black", linestyle="",
+                       label="feedback: class one-hot")]
+    figure.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 12), fontsize=7)
+    _suptitle(figure, title)
+    return figure
 
 
 # --- reconstructions of autoencoder runs (PIL: the images pixel for pixel) ----------------

@@ -9,10 +9,11 @@ from pathlib import Path
 
 import torch
 
+from ccl.analysis import probe_batch
 from ccl.cli import resolve_device
 from ccl.figures import (alignment_figure, analysis_records, best_epoch, cka_figure, curves_figure,
                          default_cka_points, mean_cka, runs_title, first_layer_kernels, grid_figure, kernels_figure,
-                         metrics_rows, read_grid, run_title, save_comparison, save_png,
+                         fit_tsne, metrics_rows, paired_embeddings, read_grid, tsne_figure, run_title, save_comparison, save_png,
                          save_reconstructions, validation_metric)
 from ccl.run_dir import ANALYSIS, BEST, FIGURES, METRICS, RunDir
 from ccl.scripts import rebuild
@@ -97,6 +98,38 @@ def draw_comparison(args) -> Path:
     return save_comparison([autoencoder_run(run, args) for run in args.runs], args.out)
 
 
+def draw_tsne(args) -> Path:
+    run_dir = RunDir(args.run)
+    config, _ = run_dir.saved_config()
+    if config.task != "classification":
+        raise ConfigError(f"{args.run} is a {config.task} run; tsne draws classification runs, whose "
+                          f"feedback network receives class one-hots")
+    missing = [step for step in args.steps if not run_dir.snapshot_path(step).is_file()]
+    if missing:
+        raise ConfigError(f"{args.run} has no weights of step {', '.join(map(str, missing))} (no "
+                          f"{run_dir.snapshot_path(missing[0]).relative_to(args.run)}): train it with "
+                          f"--analysis_steps {','.join(map(str, args.steps))} --analysis_snapshots 1")
+    if args.samples < 1:
+        raise ConfigError(f"--samples {args.samples}: draw at least one test image")
+    device = resolve_device(args.device)
+    experiment = rebuild(run_dir, args.data_root, device, best=False)
+    layers = len(experiment.model.layers)
+    layer = layers - 1 if args.layer is None else args.layer
+    if not 0 <= layer < layers:
+        raise ConfigError(f"--layer {layer}: the pairs are 0..{layers - 1} (a_l against b_l)")
+    inputs, labels = probe_batch(experiment.data.test, args.samples, config.seed)
+    panels = []
+    for step in args.steps:
+        experiment.model.load_state_dict(torch.load(run_dir.snapshot_path(step), map_location=device,
+                                                    weights_only=True))
+        forward, feedback = paired_embeddings(experiment.model, experiment.objective, inputs, labels, layer)
+        forward_2d, feedback_2d = fit_tsne(forward, feedback)
+        panels.append((f"step {step}", forward_2d, labels.cpu().numpy(), feedback_2d))
+    title = (f"{run_title(args.run)}: t-SNE of a{layer} (forward, {len(labels)} test images) with "
+             f"b{layer} (feedback, the {len(panels[0][3])} class one-hots), one fit per panel")
+    return save_png(tsne_figure(panels, title), args.out or args.run / FIGURES["tsne"])
+
+
 def draw_grid(args) -> Path:
     cells = read_grid(args.csv)
     return save_png(grid_figure(cells, args.title or args.csv.stem), args.out or args.csv.with_suffix(".png"))
@@ -131,6 +164,18 @@ def build_parser() -> argparse.ArgumentParser:
     kernels.add_argument("--count", type=int, default=64, help="kernels per run (default 64)")
     curves = command("curves", draw_curves, "training and validation loss, validation accuracy or MSE")
     curves.add_argument("runs", type=Path, nargs="+", metavar="RUN_DIR")
+    tsne = command("tsne", draw_tsne, "t-SNE of forward embeddings of test images with the feedback "
+                                      "embeddings of the class one-hots at the paired layer, at steps "
+                                      "whose weights the run kept (analysis_snapshots)")
+    tsne.add_argument("run", type=Path, metavar="RUN_DIR")
+    tsne.add_argument("--steps", type=int, nargs="+", required=True, metavar="S",
+                      help="global steps to draw (each needs RUN_DIR/snapshots/step<S>.pt)")
+    tsne.add_argument("--layer", type=int, default=None, metavar="L",
+                      help="the pair: a_L against b_L (default: L-1 of the L layers, the penultimate)")
+    tsne.add_argument("--samples", type=int, default=1000,
+                      help="the first N test images (default 1000)")
+    tsne.add_argument("--data_root", type=Path, default=None, help="datasets (default: the run's own)")
+    tsne.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if available)")
     grid = command("grid", draw_grid, "mean test accuracy over lr_F x lr_B, seed count per cell")
     grid.add_argument("csv", type=Path, metavar="GRID_CSV")
     grid.add_argument("--title", default=None, help="figure title (default: the CSV's name)")
