@@ -104,6 +104,11 @@ def draw_tsne(args) -> Path:
     if config.task != "classification":
         raise ConfigError(f"{args.run} is a {config.task} run; tsne draws classification runs, whose "
                           f"feedback network receives class one-hots")
+    if args.steps is None:  # every step whose weights the run kept
+        args.steps = sorted(int(path.stem[len("step"):]) for path in run_dir.snapshot_path(0).parent.glob("step*.pt"))
+        if not args.steps:
+            raise ConfigError(f"{args.run} kept no weights: train it with --analysis_steps S1,S2,... "
+                              f"--analysis_snapshots 1")
     missing = [step for step in args.steps if not run_dir.snapshot_path(step).is_file()]
     if missing:
         raise ConfigError(f"{args.run} has no weights of step {', '.join(map(str, missing))} (no "
@@ -168,8 +173,9 @@ def build_parser() -> argparse.ArgumentParser:
                                       "embeddings of the class one-hots at the paired layer, at steps "
                                       "whose weights the run kept (analysis_snapshots)")
     tsne.add_argument("run", type=Path, metavar="RUN_DIR")
-    tsne.add_argument("--steps", type=int, nargs="+", required=True, metavar="S",
-                      help="global steps to draw (each needs RUN_DIR/snapshots/step<S>.pt)")
+    tsne.add_argument("--steps", type=int, nargs="+", default=None, metavar="S",
+                      help="global steps to draw (each needs RUN_DIR/snapshots/step<S>.pt; default: "
+                           "every step whose weights the run kept)")
     tsne.add_argument("--layer", type=int, default=None, metavar="L",
                       help="the pair: a_L against b_L (default: L-1 of the L layers, the penultimate)")
     tsne.add_argument("--samples", type=int, default=1000,
