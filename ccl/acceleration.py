@@ -61,12 +61,12 @@ def _compile_problem(device: torch.device) -> str | None:
     return None
 
 
-def training_loss(config, model, objective, rule: Rule) -> LossFunction:
-    """`(inputs, targets) -> loss` of `rule` on `model` and `objective`, under the config's precision
-    and compiled if the config asks. Only the loss is compiled: the optimizer step stays eager,
+def training_loss(config, model, objective, rule: Rule, as_terms: bool = False) -> LossFunction:
+    """`(inputs, targets) -> loss` (`as_terms`: its terms, where the rule has them) of `rule` on
+    `model` and `objective`, under the config's precision and compiled if the config asks. Only the loss is compiled: the optimizer step stays eager,
     so a learning rate that changes never recompiles anything."""
     device_type = next(model.parameters()).device.type
-    rule_loss = rule.loss_of(config)
+    rule_loss = rule.loss_of(config, as_terms)
 
     def float32_loss(inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         return rule_loss(model, objective, inputs, targets)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import difflib
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,6 +42,7 @@ class Key:
     above: float | None = None  # values must exceed this
     below: float | None = None  # values must stay under this
     optional: bool = False  # None is an allowed value
+    parse: Callable[[Any], Any] | None = None  # the value's meaning; raises ValueError when it has none
 
     def allows(self, value) -> bool:
         return ((self.minimum is None or value >= self.minimum)
@@ -144,9 +145,22 @@ KEYS: dict[str, Key] = {
                            "of validation images, into analysis.jsonl; 0 = off. The training is "
                            "bit-identical either way", default=0, minimum=0),
     "analysis_samples": Key("training", int,
-                             "the probe batch of analysis_every: the first N validation images "
-                             "(the validation split is a random draw from the seed)",
+                             "the probe batch of analysis_every and analysis_steps: the first N "
+                             "images of analysis_split (the validation split is a random draw from "
+                             "the seed; the test set in its file order)",
                              default=1000, minimum=1),
+    "analysis_steps": Key("training", str,
+                           "comma-separated global steps at which to measure the same as analysis_every "
+                           "does, e.g. 0,20,40,80,160 (0 = before the first step; a step that ends an "
+                           "epoch, after it); empty = none. The training is bit-identical either way",
+                           default="", parse=lambda text: step_numbers(text)),
+    "analysis_split": Key("training", str,
+                           "the probe batch's images: the validation split (val) or the test set (test, "
+                           "as the paper's Figure 6)", default="val", choices=("val", "test")),
+    "analysis_snapshots": Key("training", int,
+                               "1: also keep the model's weights at every analysis_steps step, as "
+                               "RUN_DIR/snapshots/step<S>.pt (for python -m ccl.figures tsne)",
+                               default=0, choices=(0, 1)),
     # opt-in speed-ups of the training step (docs/PERFORMANCE.md); the defaults are the released numerics
     "compile": Key("training", int,
                     "1: torch.compile the training step's forward, feedback and losses (and so their "
@@ -273,10 +287,23 @@ def coerce(name: str, value: Any, source: str) -> Any:
     return value
 
 
+def step_numbers(text: str) -> tuple[int, ...]:
+    """'0, 20,40' -> (0, 20, 40): distinct global steps >= 0, ascending; '' -> ()."""
+    steps = tuple(int(part) for part in text.replace(" ", "").split(",") if part)
+    if any(step < 0 for step in steps) or list(steps) != sorted(set(steps)):
+        raise ValueError("the steps must be distinct, ascending and >= 0")
+    return steps
+
+
 def check_value(name: str, value: Any, source: str = "config") -> None:
     key = KEYS[name]
     if value is None and key.optional:
         return
+    if key.parse is not None:
+        try:
+            key.parse(value)
+        except ValueError as error:
+            raise ConfigError(f"{source}: {name} {value!r} is not valid ({key.help}): {error}") from None
     if key.choices and value not in key.choices:
         raise ConfigError(f"{source}: {name} must be one of {', '.join(map(str, key.choices))}; "
                           f"got {value!r}{closest(str(value), map(str, key.choices))}")
@@ -425,8 +452,15 @@ def ignored_settings(config: Config, unread: tuple[str, ...] = ()) -> list[str]:
         notes.append("feedback_init_range is ignored while weight_init is default")
     if not config.filter_target and config.flood_threshold != KEYS["flood_threshold"].default:
         notes.append("flood_threshold is ignored while filter_target is 0 (flooding off)")
-    if not config.analysis_every and config.analysis_samples != KEYS["analysis_samples"].default:
-        notes.append("analysis_samples is ignored while analysis_every is 0 (no analysis)")
+    analysed = config.analysis_every or config.analysis_steps
+    if not analysed and config.analysis_samples != KEYS["analysis_samples"].default:
+        notes.append("analysis_samples is ignored while analysis_every is 0 and analysis_steps is "
+                     "empty (no analysis)")
+    if not analysed and config.analysis_split != KEYS["analysis_split"].default:
+        notes.append("analysis_split is ignored while analysis_every is 0 and analysis_steps is "
+                     "empty (no analysis)")
+    if not config.analysis_steps and config.analysis_snapshots:
+        notes.append("analysis_snapshots is ignored while analysis_steps is empty (no snapshots)")
     if not config.warmup and config.warmup_counter != KEYS["warmup_counter"].default:
         notes.append("warmup_counter is ignored while warmup is 0 (no warm-up)")
     trained = {"lr_F": config.lr_F, **({"lr_B": config.lr_B} if rule.trains_feedback else {})}

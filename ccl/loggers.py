@@ -82,7 +82,7 @@ def analysis_scalars(record: dict) -> dict[str, float]:
     for key in ("weight_cosine", "grad_angle_deg"):
         scalars.update({f"{key}/{layer}": value for layer, value in zip(layers, record[key])})
     for i, row in enumerate(record["cka"]):
-        scalars.update({f"cka/a{i + 1}_b{j}": value for j, value in enumerate(row)})
+        scalars.update({f"cka/a{i}_b{j}": value for j, value in enumerate(row)})
     return {name: value for name, value in scalars.items() if value is not None}
 
 
@@ -156,7 +156,7 @@ class Loggers:
         epoch's analysis comes before its metrics row)."""
         if not self.backends:
             return
-        records = {record["epoch"]: record for record in analysis}
+        records = {record["epoch"]: record for record in analysis if record["epoch"] is not None}
         rows = {row["epoch"]: row for row in history}
         for epoch in sorted(records.keys() | rows.keys()):
             if epoch in records:

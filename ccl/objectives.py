@@ -14,6 +14,17 @@ from ccl.losses import ae_pair_loss, flooding_keep_mask
 AlignmentLoss = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, "torch.Tensor | None"], torch.Tensor]
 
 
+def in_order_sum(terms: torch.Tensor) -> torch.Tensor:
+    """terms[0] + terms[1] + ... added one after the other, as the objectives always added their
+    losses (so the sum is bit-identical to theirs); a 0-d loss is itself."""
+    if terms.dim() == 0:
+        return terms
+    total = terms[0]
+    for term in terms[1:]:
+        total = total + term
+    return total
+
+
 def flood_threshold(config) -> float | None:
     """The config's flooding threshold, or None when flooding is off (`filter_target: 0`)."""
     return config.flood_threshold if config.filter_target else None
@@ -37,18 +48,25 @@ class Classification:
     def feedback_input(self, labels: torch.Tensor) -> torch.Tensor:
         return torch.eye(self.num_classes, device=labels.device)
 
-    def local_losses(self, activations: Sequence[torch.Tensor], signals: Sequence[torch.Tensor],
-                     labels: torch.Tensor) -> torch.Tensor:
-        """Sum of the alignment losses of pairs 0..L-1 and cross-entropy on the logits a_L."""
+    def loss_terms(self, activations: Sequence[torch.Tensor], signals: Sequence[torch.Tensor],
+                   labels: torch.Tensor) -> torch.Tensor:
+        """[cross-entropy on the logits a_L, alignment loss of pair 0, ..., of pair L-1]."""
         logits = activations[-1]
         keep = None
         if self.flood_threshold is not None:
             keep = flooding_keep_mask(logits, labels, self.flood_threshold)
         onehot = torch.zeros_like(logits).scatter_(1, labels[:, None], 1.0)
-        loss = F.cross_entropy(logits, labels)
-        for a, b in zip(activations[:-1], signals[:-1]):
-            loss = loss + self.alignment(a, b, onehot, keep)
-        return loss
+        pairs = [self.alignment(a, b, onehot, keep) for a, b in zip(activations[:-1], signals[:-1])]
+        return torch.stack([F.cross_entropy(logits, labels), *pairs])
+
+    @staticmethod
+    def term_names(num_layers: int) -> list[str]:
+        return ["output", *(f"pair{index}" for index in range(num_layers))]
+
+    def local_losses(self, activations: Sequence[torch.Tensor], signals: Sequence[torch.Tensor],
+                     labels: torch.Tensor) -> torch.Tensor:
+        """Cross-entropy on the logits a_L plus the alignment losses of pairs 0..L-1."""
+        return in_order_sum(self.loss_terms(activations, signals, labels))
 
     def output_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(logits, labels)
@@ -77,13 +95,22 @@ class Reconstruction:
     def feedback_input(self, targets: torch.Tensor) -> torch.Tensor:
         return targets
 
-    def local_losses(self, activations: Sequence[torch.Tensor], signals: Sequence[torch.Tensor],
-                     targets: torch.Tensor) -> torch.Tensor:
+    def loss_terms(self, activations: Sequence[torch.Tensor], signals: Sequence[torch.Tensor],
+                   targets: torch.Tensor) -> torch.Tensor:
+        """[loss of pair 0, ..., of pair L] (pair L: the reconstruction against the target)."""
         last = len(activations) - 1
-        return sum(
+        return torch.stack([
             ae_pair_loss(a, b, self.loss_scale_C, None if index in (0, last) else self.loss_scale_D)
             for index, (a, b) in enumerate(zip(activations, signals))
-        )
+        ])
+
+    @staticmethod
+    def term_names(num_layers: int) -> list[str]:
+        return [f"pair{index}" for index in range(num_layers + 1)]
+
+    def local_losses(self, activations: Sequence[torch.Tensor], signals: Sequence[torch.Tensor],
+                     targets: torch.Tensor) -> torch.Tensor:
+        return in_order_sum(self.loss_terms(activations, signals, targets))
 
     def output_loss(self, reconstruction: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         return F.mse_loss(reconstruction, targets)

@@ -18,18 +18,25 @@ import torch.nn.functional as F
 
 from ccl import target_prop as tp
 from ccl.fixed_feedback import add_direct_feedback, direct_feedback, feedback_aligned, gradient_at
+from ccl.objectives import in_order_sum
 from models.network import DualNetwork
 
 # (model, objective, inputs, targets) -> the loss whose backward pass gives the gradients
 RuleLoss = Callable[[DualNetwork, object, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-def ccl_loss(model: DualNetwork, objective, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Counter-current learning: both networks run with every layer input detached, so the
-    sum of pair losses gives each map only the gradient of its own pair."""
+def ccl_loss_terms(model: DualNetwork, objective, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Counter-current learning's loss as its terms (`objective.loss_terms`, named by
+    `objective.term_names`): both networks run with every layer input detached, so each term
+    gives each map only the gradient of its own pair."""
     activations = model(inputs, detach=True)
     signals = model.feedback(objective.feedback_input(targets), detach=True)
-    return objective.local_losses(activations, signals, targets)
+    return objective.loss_terms(activations, signals, targets)
+
+
+def ccl_loss(model: DualNetwork, objective, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Counter-current learning: the sum of the pair losses and the output loss."""
+    return in_order_sum(ccl_loss_terms(model, objective, inputs, targets))
 
 
 def bp_loss(model: DualNetwork, objective, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -106,7 +113,8 @@ class Rule:
 
     `loss(model, objective, inputs, targets, **settings)` is the loss whose `backward()` gives
     every forward parameter the rule trains its gradient, the config keys of `loss_settings`
-    passed to it by name (`loss_of(config)`); `feedback` says what becomes of the feedback
+    passed to it by name (`loss_of(config)`); `loss_terms`, the same loss as a vector of terms
+    (the objective's `term_names`) whose `in_order_sum` it is, logged one by one per epoch; `feedback` says what becomes of the feedback
     network (one of the FEEDBACK_* above), and `feedback_phase(config, model, world)` builds the
     phase that trains it (FEEDBACK_BY_PHASE: `step(inputs, targets)` before each training step,
     `pretrain(epoch_batches)` once before the first, `state_dict()` for the checkpoint); `reads`
@@ -121,6 +129,7 @@ class Rule:
     summary: str  # one line, for --help
     loss: Callable[..., torch.Tensor]
     feedback: str
+    loss_terms: Callable[..., torch.Tensor] | None = None
     reads: tuple[str, ...] = ()
     loss_settings: tuple[str, ...] = ()
     compiles: bool = True
@@ -133,11 +142,13 @@ class Rule:
     def trains_feedback(self) -> bool:
         return self.feedback in (FEEDBACK_BY_PAIR_LOSSES, FEEDBACK_BY_PHASE)
 
-    def loss_of(self, config) -> RuleLoss:
-        """The loss `(model, objective, inputs, targets) -> loss` with the config's settings."""
+    def loss_of(self, config, as_terms: bool = False) -> RuleLoss:
+        """The loss `(model, objective, inputs, targets) -> loss` with the config's settings;
+        `as_terms`: its terms, where the rule has them."""
+        loss = self.loss_terms if as_terms and self.loss_terms is not None else self.loss
         if not self.loss_settings:
-            return self.loss
-        return partial(self.loss, **{name: getattr(config, name) for name in self.loss_settings})
+            return loss
+        return partial(loss, **{name: getattr(config, name) for name in self.loss_settings})
 
 
 def _target_propagation(name: str, summary: str, feedback_loss, normalised: bool = False) -> Rule:
@@ -159,7 +170,7 @@ def _target_propagation(name: str, summary: str, feedback_loss, normalised: bool
 
 RULES = {rule.name: rule for rule in (
     Rule("BP", "backpropagation", bp_loss, FEEDBACK_IDLE),
-    Rule("CCL", "counter-current learning", ccl_loss, FEEDBACK_BY_PAIR_LOSSES,
+    Rule("CCL", "counter-current learning", ccl_loss, FEEDBACK_BY_PAIR_LOSSES, loss_terms=ccl_loss_terms,
          reads=("filter_target", "fused_pair_loss")),
     Rule("FA", "feedback alignment", fa_loss, FEEDBACK_FIXED,
          compiles=False),  # each step swaps the forward maps for ones with fixed feedback

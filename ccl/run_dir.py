@@ -7,7 +7,9 @@
                     a run is tested with, as released)
     best_val_acc.pt the weights of the epoch with the highest validation accuracy so far
     results.json    the outcome: finished (test metrics) or diverged
-    analysis.jsonl  analysis_every > 0: one record per analysed epoch (a view of the checkpoint)
+    analysis.jsonl  analysis_every > 0 or analysis_steps: one record per analysed epoch or step
+                    (a view of the checkpoint)
+    snapshots/      analysis_snapshots: 1: step<S>.pt, the weights at each analysis_steps step
     .lock           held by the one process that writes the directory; its PID inside
 
 plus what some runs add (`OUTPUTS`). Three rules keep a user's files safe:
@@ -47,12 +49,13 @@ LAST_EPOCH = "last"  # results.json's selections: the last epoch's model, tested
 BEST_OF = {PRIMARY_SELECTION: BEST, "val_acc": "best_val_acc.pt"}
 ANALYSIS = "analysis.jsonl"  # analysis_every > 0: one record per analysed epoch
 ANALYSIS_OF_BEST = "analysis.json"  # python -m ccl.analysis RUN_DIR
+SNAPSHOTS = "snapshots"  # analysis_snapshots: 1: the weights at each analysis_steps step
 LOGGER_FOLDERS = ("tensorboard", "wandb")  # --logger tensorboard, --logger wandb
 # python -m ccl.figures COMMAND RUN_DIR, when no --out is given
-FIGURES = {command: f"{command}.png" for command in ("cka", "alignment", "kernels", "curves")}
+FIGURES = {command: f"{command}.png" for command in ("cka", "alignment", "kernels", "curves", "tsne")}
 # every name this project writes into a run directory; nothing else is ever deleted
 OUTPUTS = (CONFIG, METRICS, CHECKPOINT, *BEST_OF.values(), RESULTS, RECONSTRUCTIONS, ANALYSIS,
-           ANALYSIS_OF_BEST, *LOGGER_FOLDERS, *FIGURES.values(), LOCK)
+           ANALYSIS_OF_BEST, SNAPSHOTS, *LOGGER_FOLDERS, *FIGURES.values(), LOCK)
 FINISHED, DIVERGED = "finished", "diverged"
 UNREADABLE = "unreadable"  # RunDir.state: a run directory that no run may touch
 READ_ONLY = (errno.EACCES, errno.EPERM, errno.EROFS)  # what a write to a read-only place fails with
@@ -217,6 +220,13 @@ class RunDir:
 
     def write_analysis(self, records: list[dict]) -> None:
         write_jsonl(self.path / ANALYSIS, records)
+
+    def save_snapshot(self, step: int, weights: dict) -> None:
+        (self.path / SNAPSHOTS).mkdir(exist_ok=True)
+        save_torch(self.snapshot_path(step), weights)
+
+    def snapshot_path(self, step: int) -> Path:
+        return self.path / SNAPSHOTS / f"step{step}.pt"
 
     def save_checkpoint(self, state: dict) -> None:
         save_torch(self.path / CHECKPOINT, state)

@@ -23,9 +23,11 @@ from tqdm import tqdm
 
 from ccl.acceleration import LossFunction, training_loss
 from ccl.analysis import analyse, probe_batch
+from ccl.config import step_numbers
 from ccl.distributed import ONE_PROCESS, World
 from ccl.distributed.data import shard
 from ccl.loggers import Loggers
+from ccl.objectives import in_order_sum
 from ccl.optim import DualOptimizer
 from ccl.run_dir import ANALYSIS, LAST_EPOCH, PRIMARY_SELECTION, RunDir
 from ccl.target_prop import FeedbackPhase
@@ -63,17 +65,23 @@ class DivergenceMonitor:
     or stops, at the same step."""
 
     def __init__(self, step: int = 0, loss_sum: float = 0.0, samples: int = 0,
-                 world: World = ONE_PROCESS, stop: StopRequests | None = None):
+                 world: World = ONE_PROCESS, stop: StopRequests | None = None,
+                 term_sums: torch.Tensor | None = None):
         self.step = step  # steps observed, the unread ones included
         self.loss_sum = loss_sum
         self.samples = samples
+        # this rank's loss terms times their batch sizes, added up on the device (float64), unread
+        self.term_sums = term_sums
+        self._terms: list[torch.Tensor] = []
         self.world, self.stop = world, stop
         self._agreed_stop: int | None = None
         self._losses: list[torch.Tensor] = []
         self._batch_sizes: list[int] = []
 
-    def observe(self, loss: torch.Tensor, batch_size: int = 1) -> None:
+    def observe(self, loss: torch.Tensor, batch_size: int = 1, terms: torch.Tensor | None = None) -> None:
         self._losses.append(loss.detach())
+        if terms is not None and terms.dim() == 1:
+            self._terms.append(terms.detach() * batch_size)
         self._batch_sizes.append(self.world.global_size(batch_size))
         self.step += 1
 
@@ -89,6 +97,10 @@ class DivergenceMonitor:
             return
         losses = torch.stack(self._losses)
         sizes = torch.tensor(self._batch_sizes, dtype=losses.dtype, device=losses.device)
+        if self._terms:  # added up on the device, read with the epoch's end
+            terms = torch.stack(self._terms).double().sum(dim=0)
+            self.term_sums = terms if self.term_sums is None else self.term_sums + terms
+            self._terms = []
         (values, weighted), self._agreed_stop = self.world.read_mean(  # the one read
             torch.stack((losses, losses * sizes)), self.stop.signal_number if self.stop else None)
         first_step = self.step - len(values) + 1
@@ -153,6 +165,7 @@ class Progress:
     samples: int = 0
     seconds: float = 0.0
     augment_state: torch.Tensor | None = None
+    term_sums: torch.Tensor | None = None  # the loss terms times batch sizes (DivergenceMonitor)
 
 
 def _better(value: float, best: float, lower_is_better: bool) -> bool:
@@ -161,9 +174,10 @@ def _better(value: float, best: float, lower_is_better: bool) -> bool:
 
 @dataclass
 class Training:
-    """What a training step needs of an experiment, made once per run (`of`): the rule's loss
-    under the config's precision (compiled if asked), the optimizer, the processes and the
-    rule's feedback phase (target propagation's; None for the other rules)."""
+    """What a training step needs of an experiment, made once per run (`of`): the rule's loss,
+    as its terms if it has them, under the config's precision (compiled if asked), the
+    optimizer, the processes and the rule's feedback phase (target propagation's; None for the
+    other rules)."""
 
     loss: LossFunction
     optimizer: DualOptimizer
@@ -173,24 +187,25 @@ class Training:
     @classmethod
     def of(cls, experiment) -> "Training":
         config, model = experiment.config, experiment.model
-        return cls(training_loss(config, model, experiment.objective, experiment.rule),
+        return cls(training_loss(config, model, experiment.objective, experiment.rule, as_terms=True),
                    DualOptimizer(model, config), experiment.world, experiment.feedback_phase)
 
 
 def train_step(training: Training, inputs: torch.Tensor, targets: torch.Tensor,
-               batch_in_epoch: int = 0) -> torch.Tensor:
+               batch_in_epoch: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """One training step, the whole of it: the rule's feedback phase, if it has one; the rule's
     loss, scaled down during the warm-up; its gradients by `backward()`, averaged over the run's
     processes (a no-op in one); then centralised, clipped and applied to both networks. The
-    trainer and the benchmark both take their steps here. The loss is returned unread: reading
-    it would wait for the device."""
+    trainer and the benchmark both take their steps here. The loss and its terms (the loss
+    itself for a rule without terms) are returned unread: reading them would wait for the device."""
     if training.feedback_phase is not None:
         training.feedback_phase.step(inputs, targets)
-    loss = training.loss(inputs, targets)
+    terms = training.loss(inputs, targets)  # the loss, or the terms that add up to it
+    loss = in_order_sum(terms)
     training.optimizer.warmup_scaled(loss, batch_in_epoch).backward()
     training.world.average_gradients(training.optimizer.parameters)
     training.optimizer.step()
-    return loss
+    return loss, terms
 
 
 class Trainer:
@@ -205,12 +220,17 @@ class Trainer:
         self.training = Training.of(experiment)
         self.optimizer = self.training.optimizer
         self.feedback_phase = self.training.feedback_phase
+        # a rule with loss terms has each logged per epoch (train_loss_<name>)
+        self.term_names = (self.objective.term_names(len(self.model.layers)) if self.rule.loss_terms
+                           else [])
         self.run_dir = run_dir
         self.log = log
         self.loggers = loggers or Loggers()
-        self.probe = (probe_batch(self.data.val, self.config.analysis_samples, self.config.seed)
-                      if self.config.analysis_every else None)
-        self.analysis: list[dict] = []  # the analysis records, epoch 0 (before training) first
+        self.analysis_steps = set(step_numbers(self.config.analysis_steps))  # global steps to measure at
+        self.probe = (probe_batch(getattr(self.data, self.config.analysis_split),
+                                  self.config.analysis_samples, self.config.seed)
+                      if self.config.analysis_every or self.analysis_steps else None)
+        self.analysis: list[dict] = []  # the analysis records, in the order they were measured
         self.device = next(self.model.parameters()).device
         self.progress = Progress()
         self.history: list[dict] = []
@@ -272,8 +292,8 @@ class Trainer:
         self.loggers.replay(self.history, self.analysis)  # what a resumed run had logged before
         try:
             with self.stop:
-                if self.probe is not None and self.progress.epoch == self.progress.batch == 0:  # before any step
-                    self._analyse(epoch=0)
+                if self.optimizer.steps_taken == 0 and (self.config.analysis_every or 0 in self.analysis_steps):
+                    self._analyse(epoch=0)  # before any step
                     self.run_dir.write_analysis(self.analysis)
                 self._pretrain_feedback()
                 while self.progress.epoch < self.config.epochs:
@@ -290,7 +310,8 @@ class Trainer:
         progress, loader = self.progress, self.data.train
         self.model.train()
         monitor = DivergenceMonitor(self.optimizer.steps_taken, progress.loss_sum, progress.samples,
-                                    self.world, self.stop)
+                                    self.world, self.stop,
+                                    None if progress.term_sums is None else progress.term_sums.to(self.device))
         started = time.perf_counter()
         batches = loader.epoch(progress.epoch, progress.batch, progress.augment_state)
         name = f"epoch {progress.epoch + 1}/{self.config.epochs}"
@@ -298,9 +319,12 @@ class Trainer:
                    desc=name, dynamic_ncols=True)
         report = PlainProgress(bar, name, self.log)
         for inputs, targets in bar:
-            loss = train_step(self.training, inputs, targets, progress.batch)
-            monitor.observe(loss, len(targets))
+            loss, terms = train_step(self.training, inputs, targets, progress.batch)
+            monitor.observe(loss, len(targets), terms)
             progress.batch += 1
+            if self.optimizer.steps_taken in self.analysis_steps:  # a set of ints: no device read
+                self._analyse(epoch=None)
+                self.run_dir.write_analysis(self.analysis)
             if self.optimizer.steps_taken % DIVERGENCE_CHECK_EVERY == 0:
                 monitor.raise_if_diverged()
             report(progress.batch, monitor)
@@ -309,6 +333,7 @@ class Trainer:
                 monitor.raise_if_diverged()  # never checkpoint a diverged model
                 self._raise_if_parameters_diverged()
                 progress.loss_sum, progress.samples = monitor.loss_sum, monitor.samples
+                progress.term_sums = monitor.term_sums
                 progress.seconds += time.perf_counter() - started
                 progress.augment_state = loader.generator.get_state()
                 self.run_dir.save_checkpoint(self.checkpoint())
@@ -316,6 +341,7 @@ class Trainer:
         monitor.raise_if_diverged()
         self._raise_if_parameters_diverged()
         progress.loss_sum, progress.samples = monitor.loss_sum, monitor.samples
+        progress.term_sums = monitor.term_sums
         progress.seconds += time.perf_counter() - started
         return monitor
 
@@ -339,6 +365,7 @@ class Trainer:
             raise Diverged(self.optimizer.steps_taken, what=f"validation {criterion}")
         row = {"epoch": progress.epoch + 1, "step": self.optimizer.steps_taken,
                "train_loss": progress.loss_sum / max(progress.samples, 1),
+               **self._mean_loss_terms(progress),
                **{f"val_{name}": value for name, value in val.items()},
                **self.optimizer.learning_rates(),
                "seconds": progress.seconds, "eval_seconds": time.perf_counter() - started}
@@ -356,25 +383,44 @@ class Trainer:
         self.loggers.metrics(row)
         self.log(self._summary(row))
 
+    def _mean_loss_terms(self, progress: Progress) -> dict[str, float]:
+        """The epoch's mean of each loss term, read after the device was read for the epoch's
+        divergence check (its queue is empty: no wait of its own)."""
+        if progress.term_sums is None:
+            return {}
+        means = (self.world.sum(progress.term_sums) / max(progress.samples, 1)).tolist()
+        return {f"train_loss_{name}": value for name, value in zip(self.term_names, means, strict=True)}
+
     def _analysis_due(self, epoch: int) -> bool:
         every = self.config.analysis_every
-        return self.probe is not None and (epoch % every == 0 or epoch == self.config.epochs)
+        return bool(every) and (epoch % every == 0 or epoch == self.config.epochs)
 
-    def _analyse(self, epoch: int) -> None:
-        """Measure the model on the probe batch; `analyse` leaves the model and the random
-        states as they were, so the training goes on bit-identical."""
-        started = time.perf_counter()
-        record = {"epoch": epoch, **analyse(self.model, self.objective, self.rule.loss, *self.probe)}
-        self.analysis.append(record)
-        self.loggers.analysis(record)
-        self.log(f"analysis of epoch {epoch} ({len(self.probe[1])} validation samples, "
-                 f"{time.perf_counter() - started:.1f}s) -> {self.run_dir / ANALYSIS}")
+    def _analyse(self, epoch: int | None) -> None:
+        """Measure the model on the probe batch at this step (`epoch`: the epoch it ends, or
+        None in the middle of one); `analyse` leaves the model and the random states as they
+        were, so the training goes on bit-identical. A step measured already (an analysis_steps
+        step that ends an analysed epoch) is not measured again: its record gets the epoch."""
+        step = self.optimizer.steps_taken
+        if self.analysis and self.analysis[-1].get("step") == step:
+            self.analysis[-1]["epoch"] = epoch if epoch is not None else self.analysis[-1]["epoch"]
+            record = self.analysis[-1]
+        else:
+            started = time.perf_counter()
+            record = {"epoch": epoch, "step": step,
+                      **analyse(self.model, self.objective, self.rule.loss_of(self.config), *self.probe)}
+            self.analysis.append(record)
+            self.log(f"analysis of step {step} ({len(self.probe[1])} {self.config.analysis_split} "
+                     f"samples, {time.perf_counter() - started:.1f}s) -> {self.run_dir / ANALYSIS}")
+            if self.config.analysis_snapshots and step in self.analysis_steps:
+                self.run_dir.save_snapshot(step, self.model.state_dict())
+        if epoch is not None:
+            self.loggers.analysis(record)
 
     @staticmethod
     def _summary(row: dict) -> str:
         parts = [f"epoch {row['epoch']}"]
         for name, value in row.items():
-            if name not in ("epoch", "step", "seconds", "eval_seconds"):
+            if name not in ("epoch", "step", "seconds", "eval_seconds") and not name.startswith("train_loss_"):
                 parts.append(f"{name} {value:.4g}")
         parts.append(f"{row['seconds']:.1f}s")
         return "  ".join(parts)

@@ -1,7 +1,6 @@
 """tests/launch.py for one rank of a torchrun run, with two hooks (environment variables):
 RANK_PIDS=DIR: each rank writes its process id to DIR/rank<R>, for a test to kill it;
 SIGNAL_AT=R:S: rank R alone sends itself SIGTERM while training step S (from 1) computes its loss."""
-import dataclasses
 import itertools
 import os
 import signal
@@ -16,15 +15,16 @@ RANK = int(os.environ["RANK"])
 
 def signal_at(step: int) -> None:
     from ccl.rules import RULES
+    from runs import with_loss
 
-    original, steps = RULES["CCL"].loss, itertools.count(1)
+    steps = itertools.count(1)
 
-    def rule(*args):
+    def rule(original, *args):
         if next(steps) == step:
             os.kill(os.getpid(), signal.SIGTERM)
         return original(*args)
 
-    RULES["CCL"] = dataclasses.replace(RULES["CCL"], loss=rule)
+    RULES["CCL"] = with_loss("CCL", rule)
 
 
 if __name__ == "__main__":

@@ -24,9 +24,18 @@ TIMING = {"seconds", "eval_seconds", "wall_seconds", "train_seconds"}  # differ 
 ONE_THREAD = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 
-def with_loss(method: str, loss) -> Rule:
-    """The rule `method` with `loss` in place of its own (to patch into RULES)."""
-    return dataclasses.replace(RULES[method], loss=loss)
+def with_loss(method: str, wrapper) -> Rule:
+    """The rule `method` (to patch into RULES) whose loss, and loss terms, are
+    `wrapper(original, *args, **settings)`: a test's hook around the loss of every step (the
+    trainer's step computes the terms where a rule has them, the analysis the loss)."""
+    rule = RULES[method]
+
+    def wrapped(original):
+        if original is None:
+            return None
+        return lambda *args, **settings: wrapper(original, *args, **settings)
+
+    return dataclasses.replace(rule, loss=wrapped(rule.loss), loss_terms=wrapped(rule.loss_terms))
 
 
 def run_mlp(*args: str) -> int:

@@ -97,9 +97,11 @@ def test_cka_matrix_pairs_forward_outputs_with_feedback_outputs_of_each_samples_
     with torch.no_grad():
         activations = model(x)
         signals = model.feedback(F.one_hot(y, CLASSES).float())
-    layers = len(SIZES) - 1
-    expected = [[linear_cka(activations[i + 1], signals[j]) for j in range(layers)] for i in range(layers)]
-    assert torch.tensor(matrix).shape == (layers, layers)
+    entries = len(SIZES)  # a_0 = x .. a_L and b_0 .. b_L = the one-hot labels
+    expected = [[linear_cka(activations[i], signals[j]) for j in range(entries)] for i in range(entries)]
+    assert torch.tensor(matrix).shape == (entries, entries)
+    assert matrix[0][0] == pytest.approx(linear_cka(x, signals[0]), abs=1e-12), "top left: input, b_0"
+    assert matrix[-1][-1] == pytest.approx(linear_cka(activations[-1], F.one_hot(y, CLASSES)), abs=1e-12)
     torch.testing.assert_close(torch.tensor(matrix, dtype=torch.float64),
                                torch.tensor(expected, dtype=torch.float64), rtol=0, atol=1e-12)
 
@@ -110,7 +112,7 @@ def test_cka_matrix_of_the_cnn_flattens_every_map():
     x, y = torch.randn(6, 1, 32, 32), torch.tensor([0, 1, 2, 0, 1, 2])
     task = Classification(3, partial(mlp_pair_loss, loss_scale_C=1.0), None)
     matrix = torch.tensor(cka_matrix(model, task, x, y))
-    assert matrix.shape == (6, 6)
+    assert matrix.shape == (7, 7)  # the input, five conv outputs and the logits; b_0..b_5, the labels
     assert torch.isfinite(matrix).all() and (matrix >= -1e-9).all() and (matrix <= 1 + 1e-9).all()
 
 
@@ -222,7 +224,7 @@ def test_record_of_an_mlp_is_plain_json():
     record = analyse(model, _classification(), ccl_loss, x, y)
     layers = len(SIZES) - 1
     assert record["layers"] == [f"layer{index}" for index in range(1, layers + 1)]
-    assert len(record["cka"]) == layers and all(len(row) == layers for row in record["cka"])
+    assert len(record["cka"]) == layers + 1 and all(len(row) == layers + 1 for row in record["cka"])
     assert len(record["weight_cosine"]) == len(record["grad_angle_deg"]) == layers
     assert json.loads(json.dumps(record, allow_nan=False)) == record
     values = [v for row in record["cka"] for v in row] + record["weight_cosine"] + record["grad_angle_deg"]
@@ -246,14 +248,15 @@ def test_record_of_an_autoencoder_feeds_the_target_image_back():
         b0 = model.feedback(images)[0]
         a1 = model(images)[1]
         model.train()
-    assert record["cka"][0][0] == pytest.approx(linear_cka(a1, b0), abs=1e-12)
+    assert record["cka"][1][0] == pytest.approx(linear_cka(a1, b0), abs=1e-12)
+    assert record["cka"][0][-1] == pytest.approx(1.0, abs=1e-12), "the input is the target"
     assert record["grad_angle_deg"][-1] == pytest.approx(0.0, abs=1e-4), \
         "the top pair loss is the reconstruction's MSE, scaled"
     with torch.no_grad():
         model.layer2.fwd.weight.zero_()  # the autoencoder's reconstruction map starts at zero
     record = analyse(model, task, ccl_loss, images, images)
     assert record["weight_cosine"][1] is None
-    assert all(v is None for v in record["cka"][1]), "a constant reconstruction has no CKA"
+    assert all(v is None for v in record["cka"][2]), "a constant reconstruction has no CKA"
     json.dumps(record, allow_nan=False)
 
 

@@ -20,7 +20,7 @@ from runs import MLP_YAML, outcome, run_mlp
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-ANALYSIS_KEYS = {"epoch", "layers", "cka", "weight_cosine", "grad_angle_deg"}
+ANALYSIS_KEYS = {"epoch", "step", "layers", "cka", "weight_cosine", "grad_angle_deg"}
 # BatchNorm on both sides and momentum: state the analysis must leave exactly as it found it
 STATEFUL = ("--fw_bn", "2", "--bw_bn", "1", "--mmt_F", "0.5", "--mmt_B", "0.5")
 
@@ -67,12 +67,64 @@ def test_the_cnn_trains_bit_identical_with_the_analysis_on(tiny_cnn_data, tmp_pa
 def test_records_before_training_every_k_epochs_and_after_the_last(analysed):
     found = records(analysed)
     assert [record["epoch"] for record in found] == [0, 2, 3]
+    assert [record["step"] for record in found] == [0, 18, 27]  # 9 batches of 64 per epoch
     for record in found:
         assert set(record) == ANALYSIS_KEYS
         layers = len(record["layers"])
-        assert layers == 6 and len(record["cka"]) == layers and len(record["weight_cosine"]) == layers
+        assert layers == 6 and len(record["cka"]) == layers + 1 and len(record["weight_cosine"]) == layers
         assert record["grad_angle_deg"][-1] == pytest.approx(0, abs=1e-6)  # the top layer learns by CE
     assert found[0]["cka"] != found[1]["cka"]
+
+
+@pytest.fixture
+def stepped(tiny_mnist, tmp_path):
+    """A run measured at chosen steps on test images, keeping the weights there: in epoch 1, at
+    its end (step 9), in epoch 2 and at the last step (27), which ends an analysed epoch."""
+    out = tmp_path / "stepped"
+    assert run_mlp(*args(tiny_mnist[0], out, "--analysis_steps", "0,4,9,13,27", "--analysis_every", "3",
+                         "--analysis_split", "test", "--analysis_samples", "50",
+                         "--analysis_snapshots", "1")) == 0
+    return out
+
+
+def test_analysis_at_chosen_steps_leaves_the_training_bit_identical(tiny_mnist, tmp_path, stepped):
+    plain = tmp_path / "plain"
+    assert run_mlp(*args(tiny_mnist[0], plain)) == 0
+    assert outcome(stepped) == outcome(plain)
+    best, best_stepped = (torch.load(run / "best.pt", weights_only=True) for run in (plain, stepped))
+    assert all(torch.equal(best[name], best_stepped[name]) for name in best)
+
+
+def test_records_and_snapshots_at_chosen_steps(stepped):
+    found = records(stepped)
+    assert [(record["step"], record["epoch"]) for record in found] == \
+        [(0, 0), (4, None), (9, None), (13, None), (27, 3)]  # step 27 ends epoch 3: one record
+    assert all(set(record) == ANALYSIS_KEYS for record in found)
+    assert len({json.dumps(record["cka"]) for record in found}) == 5
+    snapshots = sorted(path.name for path in (stepped / "snapshots").iterdir())
+    assert snapshots == ["step0.pt", "step13.pt", "step27.pt", "step4.pt", "step9.pt"]
+    last = torch.load(stepped / "snapshots/step27.pt", weights_only=True)
+    final = torch.load(stepped / "checkpoint.pt", weights_only=False)["model"]
+    assert all(torch.equal(last[name], final[name]) for name in final)
+    first = torch.load(stepped / "snapshots/step0.pt", weights_only=True)
+    assert not torch.equal(first["layer1.fwd.weight"], final["layer1.fwd.weight"])
+
+
+def test_a_stop_and_resume_gives_the_same_step_records(tiny_mnist, tmp_path, stepped):
+    out = tmp_path / "stopped"
+    extra = ("--analysis_steps", "0,4,9,13,27", "--analysis_every", "3", "--analysis_split", "test",
+             "--analysis_samples", "50", "--analysis_snapshots", "1")
+    with pytest.MonkeyPatch.context() as patch:
+        stop_after_step(patch, 11)
+        assert run_mlp(*args(tiny_mnist[0], out, *extra)) == 128 + signal.SIGTERM
+    assert run_mlp("--resume", str(out)) == 0
+    assert (out / "analysis.jsonl").read_text() == (stepped / "analysis.jsonl").read_text()
+
+
+@pytest.mark.parametrize("steps", ["4,2", "-1", "x", "3,3"])
+def test_bad_analysis_steps_are_refused(tiny_mnist, tmp_path, capsys, steps):
+    assert run_mlp(*args(tiny_mnist[0], tmp_path / "bad", "--analysis_steps", steps)) == 2
+    assert "analysis_steps" in capsys.readouterr().err
 
 
 def stop_after_step(monkeypatch, step):
@@ -102,7 +154,7 @@ def test_analyse_the_best_model_of_a_run(tiny_mnist, analysed, tmp_path, capsys)
     assert analysis_main([str(analysed), "--device", "cpu", "--samples", "7"]) == 0
     record = json.loads((analysed / "analysis.json").read_text())
     results = json.loads((analysed / "results.json").read_text())
-    assert set(record) == ANALYSIS_KEYS | {"split", "samples", "weight_change"}
+    assert set(record) == ANALYSIS_KEYS - {"step"} | {"split", "samples", "weight_change"}
     assert (record["epoch"], record["split"], record["samples"]) == (results["best_epoch"], "test", 7)
     assert f"-> {analysed / 'analysis.json'}" in capsys.readouterr().out
 
@@ -188,3 +240,19 @@ def test_the_best_models_analysis_says_how_far_each_weight_moved(tiny_mnist, tmp
     assert analysis_main([str(out), "--device", "cpu"]) == 0
     change = json.loads((out / "analysis.json").read_text())["weight_change"]
     assert change["bwd"] == [0.0] * 6 and all(value > 0 for value in change["fwd"])
+
+
+def test_metrics_log_each_loss_term_whose_sum_is_the_training_loss(analysed, tiny_mnist, tmp_path):
+    """CCL's metrics rows carry the epoch's mean cross-entropy and the mean of every pair loss;
+    BP's, whose loss is one term, none."""
+    rows = [json.loads(line) for line in (analysed / "metrics.jsonl").read_text().splitlines()]
+    names = ["train_loss_output", *(f"train_loss_pair{index}" for index in range(6))]
+    for row in rows:
+        assert [name for name in row if name.startswith("train_loss_")] == names
+        assert sum(row[name] for name in names) == pytest.approx(row["train_loss"], rel=1e-6)
+        assert all(row[name] > 0 for name in names)
+    bp = tmp_path / "bp"
+    assert run_mlp("--yaml", str(REPO / "yaml/mlp/mnist_bp.yaml"), "--data_root", str(tiny_mnist[0]),
+                   "--epochs", "1", "--out_dir", str(bp), "--device", "cpu") == 0
+    row = json.loads((bp / "metrics.jsonl").read_text())
+    assert not [name for name in row if name.startswith("train_loss_")]

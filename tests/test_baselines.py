@@ -239,9 +239,9 @@ def test_rules_without_projections_keep_the_state_dict(method):
 
 def sigterm_at_step(monkeypatch, method: str, at_step: int) -> None:
     """Send this process SIGTERM while global step `at_step` (1-based) computes its loss."""
-    original, steps = RULES[method].loss, itertools.count(1)
+    steps = itertools.count(1)
 
-    def rule(*args):
+    def rule(original, *args):
         if next(steps) == at_step:
             os.kill(os.getpid(), signal.SIGTERM)
         return original(*args)

@@ -4,7 +4,6 @@
 
 A CCL step on CUDA gives the CPU's numbers (with TF32 off, so that float32 means float32 on
 both), every entry script trains on CUDA end to end, and a run stopped on CUDA resumes there."""
-import dataclasses
 import json
 import signal
 
@@ -17,7 +16,7 @@ from ccl.optim import DualOptimizer
 from ccl.rules import ccl_loss
 from conftest import REPO
 from golden import golden_model_and_objective, load_fixture
-from runs import MLP_YAML, outcome, run_mlp
+from runs import MLP_YAML, outcome, run_mlp, with_loss
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
@@ -98,13 +97,13 @@ def test_a_run_stopped_on_cuda_resumes_there(tiny_mnist, tmp_path, monkeypatch):
 
     original, calls = RULES["CCL"], []
 
-    def stopping_rule(*rule_args):  # SIGTERM in the middle of epoch 2
+    def stopping_rule(loss, *rule_args):  # SIGTERM in the middle of epoch 2
         calls.append(None)
         if len(calls) == 25:
             signal.raise_signal(signal.SIGTERM)
-        return original.loss(*rule_args)
+        return loss(*rule_args)
 
-    monkeypatch.setitem(RULES, "CCL", dataclasses.replace(original, loss=stopping_rule))
+    monkeypatch.setitem(RULES, "CCL", with_loss("CCL", stopping_rule))
     out = tmp_path / "run"
     assert run_mlp(*args, "--out_dir", str(out)) == 128 + signal.SIGTERM
     monkeypatch.setitem(RULES, "CCL", original)

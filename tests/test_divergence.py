@@ -26,9 +26,9 @@ def run_args(data_root, out, *extra):
 def tamper(monkeypatch, method: str, at_step: int, action) -> list[int]:
     """Wrap the rule so that `action(model, loss) -> loss` runs at global step `at_step`;
     returns a list that counts the steps the run took."""
-    original, calls = RULES[method].loss, []
+    calls = []
 
-    def rule(model, task, inputs, targets):
+    def rule(original, model, task, inputs, targets):
         calls.append(1)
         loss = original(model, task, inputs, targets)
         return action(model, loss) if len(calls) == at_step else loss
@@ -93,7 +93,7 @@ def test_a_stop_never_checkpoints_a_diverged_model(tiny_mnist, tmp_path, monkeyp
     out = tmp_path / "run"
     steps = itertools.count(1)
 
-    def rule(model, task, inputs, targets, original=RULES["CCL"].loss):
+    def rule(original, model, task, inputs, targets):
         step = next(steps)
         loss = original(model, task, inputs, targets)
         if step == BATCHES + 2:

@@ -95,6 +95,25 @@ SHORTENED = {
     '"mlp/mnist_ccl, 20 epochs (shortened from 100), seeds 2023-2025" --out runs/analyses/figures/mlp_mnist_ccl_lr_grid.png': "",
     'python -m ccl.analysis "runs/grid/mlp/mnist_ccl-epochs=20-lr_B=0.0-lr_F=0.8/seed2023" --device cpu '
     '--data_root data': "",
+    # docs/ANALYSES.md: the paper's Figure 6 (CKA over 160 steps) and Figure 3 (t-SNE)
+    "python main_class_cnn.py --yaml yaml/cnn/mnist_ccl.yaml --epochs 1 --train_batches_per_epoch 160 "
+    "--batchsize 32 --analysis_steps 0,20,40,80,160 --analysis_split test --analysis_samples 500 "
+    "--seed 2023 --data_root data --device cpu --out_dir runs/fig6/ccl/seed2023": CNN_EPOCH,
+    "python main_class_cnn.py --yaml yaml/cnn/mnist_ccl.yaml --epochs 1 --train_batches_per_epoch 160 "
+    "--batchsize 32 --analysis_steps 0,20,40,80,160 --analysis_split test --analysis_samples 500 "
+    "--seed 2024 --data_root data --device cpu --out_dir runs/fig6/ccl/seed2024": CNN_EPOCH,
+    "python main_class_cnn.py --yaml yaml/cnn/mnist_ccl.yaml --epochs 1 --train_batches_per_epoch 160 "
+    "--batchsize 32 --analysis_steps 0,20,40,80,160 --analysis_split test --analysis_samples 500 "
+    "--seed 2025 --data_root data --device cpu --out_dir runs/fig6/ccl/seed2025": CNN_EPOCH,
+    "python main_class_cnn.py --yaml yaml/cnn/mnist_bp.yaml --epochs 1 --train_batches_per_epoch 160 "
+    "--batchsize 32 --analysis_steps 0,20,40,80,160 --analysis_split test --analysis_samples 500 "
+    "--seed 2023 --data_root data --device cpu --out_dir runs/fig6/bp/seed2023": CNN_EPOCH,
+    "python -m ccl.figures cka runs/fig6/ccl/seed2023 runs/fig6/ccl/seed2024 runs/fig6/ccl/seed2025 "
+    "--out docs/figures/cnn_mnist_ccl_cka_160steps.png": "",
+    "python -m ccl.figures cka runs/fig6/bp/seed2023 --out docs/figures/cnn_mnist_bp_cka_160steps.png": "",
+    "python main_class_mlp.py --yaml yaml/mlp/mnist_ccl.yaml --epochs 5 --analysis_steps 0,10,100,1000 "
+    "--analysis_split test --analysis_samples 500 --analysis_snapshots 1 --data_root data --device cpu "
+    "--out_dir runs/fig3/mlp_mnist_ccl": EPOCH,
     # docs/REPRODUCTION.md and README: the runner and the tables
     "python -m ccl.reproduce run --table table1 --data_root data": "--dry_run",
     "python -m ccl.reproduce run yaml/mlp/mnist_bp.yaml yaml/mlp/mnist_ccl.yaml yaml/mlp/fmnist_bp.yaml "
@@ -129,7 +148,12 @@ TORCHRUN = "starts several processes; tests/test_distributed.py runs 2-process r
 SLURM = "needs a Slurm cluster (sbatch); tests/test_cluster.py runs sweeps through submitit's local executor"
 CIFAR_GRID = ("the CIFAR-10 MLP's 20 checkpoints of 40 MB take half a minute even on tiny files; "
               "the same three commands run above on MNIST")
+SKLEARN = ("needs scikit-learn, an optional dependency; tests/test_figures.py draws tsne from a tiny "
+           "run where it is installed")
 NOT_RUN = {
+    "python -m ccl.figures tsne runs/fig3/mlp_mnist_ccl --steps 0 10 100 1000 --samples 1000 --data_root data "
+    "--device cpu --out docs/figures/mlp_mnist_ccl_tsne.png": SKLEARN,
+    "pip install scikit-learn": "installs a package (the optional dependency of ccl.figures tsne)",
     "python -m ccl.reproduce run yaml/mlp/cifar10_ccl.yaml --grid lr_F=0.05,0.1,0.2,0.4,0.8 "
     "lr_B=0,0.05,0.1,0.2,0.4,0.8 --seeds 2023 2024 2025 --epochs 20 --data_root data --runs_root runs/grid":
         CIFAR_GRID,
@@ -158,6 +182,7 @@ NOT_RUN = {
     "python -m ccl.figures reconstructions": PROSE,
     "python -m ccl.figures COMMAND RUN_DIR": PROSE,
     "python -m ccl.figures grid CSV": PROSE,
+    "python -m ccl.figures tsne": PROSE,
     "python -m ccl.bench.scaling CONFIG... --processes 2": PROSE,
     "python -m torch.distributed.run": PROSE,
     "OMP_NUM_THREADS=1 python -m ccl.bench.scaling ... --device cpu": PROSE,

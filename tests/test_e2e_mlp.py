@@ -106,7 +106,7 @@ def test_an_operator_without_a_deterministic_kernel_is_a_clear_error(tiny_mnist,
                                                                     capsys):
     from ccl import rules
 
-    def nondeterministic(*args):  # what torch raises for such an operator under the setting
+    def nondeterministic(original, *args):  # what torch raises for such an operator under the setting
         assert torch.are_deterministic_algorithms_enabled()
         raise RuntimeError("upsample_bilinear2d_backward_out_cuda does not have a deterministic "
                            "implementation, but you set 'torch.use_deterministic_algorithms(True)'.")

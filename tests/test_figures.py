@@ -6,6 +6,7 @@ import sys
 from functools import partial
 
 import matplotlib.image
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -26,12 +27,12 @@ MAX_PNG_BYTES = 200_000
 LAYERS = [f"layer{index}" for index in range(1, 9)]  # the autoencoder's 8: the largest matrix
 
 
-def _record(epoch, layers=LAYERS):
-    generator = torch.Generator().manual_seed(epoch)
+def _record(epoch, layers=LAYERS, step=None):
+    generator = torch.Generator().manual_seed(epoch if epoch is not None else step)
     count = len(layers)
-    cka = torch.rand(count, count, generator=generator).tolist()
+    cka = torch.rand(count + 1, count + 1, generator=generator).tolist()  # a_0..a_L x b_0..b_L
     cka[-1][0] = None  # undefined values arrive as null
-    return {"epoch": epoch, "layers": layers, "cka": cka,
+    return {"epoch": epoch, **({} if step is None else {"step": step}), "layers": layers, "cka": cka,
             "weight_cosine": [None] + (torch.rand(count - 1, generator=generator) * 2 - 1).tolist(),
             "grad_angle_deg": (torch.rand(count, generator=generator) * 90).tolist()}
 
@@ -49,6 +50,7 @@ def _run(tmp_path, name, *, config="mlp/mnist_ccl", seed=2023, epochs=(0, 1, 2, 
         {"method": {"method": "CCL"}, "training": {"seed": seed}, "run": {"yaml": f"yaml/{config}.yaml"}}))
     _write_jsonl(run / figures.ANALYSIS, [_record(epoch) for epoch in epochs])
     metrics = [{"epoch": e, "step": 10 * e, "train_loss": 2.0 / e, "seconds": 1.0,
+                **{f"train_loss_{name}": 0.5 / e for name in ("output", "pair0", "pair1")},
                 **({"val_mse": 0.1 / e} if autoencoder else {"val_loss": 2.1 / e, "val_acc": 0.5 + e / 20})}
                for e in range(1, 4)]
     _write_jsonl(run / figures.METRICS, metrics)
@@ -99,6 +101,57 @@ def test_cka_at_chosen_epochs_to_a_chosen_file(tmp_path):
     _assert_png(out)
 
 
+def _stepped_run(tmp_path, name, seed, steps=(0, 20, 40, 80, 160)):
+    """A run measured at chosen steps (analysis_steps), the last of which ends epoch 1."""
+    run = _run(tmp_path, name, config="cnn/mnist_ccl", seed=seed)
+    records = [_record(1 if step == steps[-1] else None, LAYERS[:6], step=step) for step in steps]
+    _write_jsonl(run / figures.ANALYSIS, records)
+    return run, records
+
+
+def test_cka_of_several_seeds_draws_their_mean_and_its_changes(tmp_path, monkeypatch):
+    runs = [_stepped_run(tmp_path, f"seed{seed}", seed) for seed in (1, 2, 3)]
+    drawn = {}
+    original = figures.cka_figure
+
+    def keep(points, layers, title):
+        drawn.update(points=points, layers=layers, title=title)
+        return original(points, layers, title)
+    monkeypatch.setattr("ccl.figures.cli.cka_figure", keep)
+    out = tmp_path / "cka_seeds.png"
+    assert figures_main(["cka", *(str(run) for run, _ in runs), "--out", str(out)]) == 0
+    _assert_png(out)
+    assert [label for label, _ in drawn["points"]] == ["step 0 (initial)", "step 20", "step 40",
+                                                        "step 80", "step 160"]
+    assert drawn["title"] == "cnn/mnist_ccl, mean of 3 runs (seeds 1, 2, 3)"
+    for index, (_, matrix) in enumerate(drawn["points"]):
+        expected = np.mean([np.array(records[index]["cka"], dtype=float) for _, records in runs], axis=0)
+        np.testing.assert_allclose(matrix, expected, rtol=0, atol=1e-15)
+        assert matrix.shape == (7, 7)
+    assert np.isnan(drawn["points"][0][1][-1][0]), "undefined in one run: undefined in the mean"
+
+
+def test_cka_at_chosen_steps_and_a_step_that_was_not_measured(tmp_path, capsys):
+    (run, _), (other, _) = _stepped_run(tmp_path, "a", 1), _stepped_run(tmp_path, "b", 2, steps=(0, 20))
+    assert figures_main(["cka", str(run), "--steps", "0", "160", "--out", str(tmp_path / "x.png")]) == 0
+    assert figures_main(["cka", str(run), str(other), "--steps", "0", "40"]) == 2
+    assert "has no record of step 40; it has steps 0, 20" in _error_line(capsys)
+    assert figures_main(["cka", str(run), "--epochs", "1", "--out", str(tmp_path / "y.png")]) == 0
+
+
+def test_mean_cka_averages_runs_cell_by_cell():
+    first, second = _record(0, LAYERS[:2]), _record(1, LAYERS[:2])
+    first["cka"][0][0], second["cka"][0][0] = 0.2, 0.6
+    assert figures.mean_cka([first, second])[0][0] == pytest.approx(0.4)
+    assert figures.mean_cka([first])[1][1] == first["cka"][1][1]
+
+
+def test_cka_labels_name_the_input_and_the_target():
+    rows, columns = figures.cka_labels(["layer1", "layer2"])
+    assert rows == ["a0 input", "a1 layer1", "a2 layer2"]
+    assert columns == ["b0 layer1", "b1 layer2", "b2 target"]
+
+
 def test_default_cka_epochs_are_first_one_five_and_last_where_analysed():
     assert figures.default_cka_epochs([0, 1, 2, 5, 7]) == [0, 1, 5, 7]
     assert figures.default_cka_epochs([0, 2, 4]) == [0, 4]
@@ -134,6 +187,19 @@ def test_curves_of_classification_and_autoencoder_runs(tmp_path, autoencoder):
     second = _run(tmp_path, "bp", autoencoder=autoencoder, config="mlp/mnist_bp")
     assert figures_main(["curves", str(first), str(second)]) == 0
     _assert_png(first / "curves.png")
+
+
+def test_curves_draw_each_loss_term_where_a_run_logged_them(tmp_path, monkeypatch):
+    ccl, bp = _run(tmp_path, "ccl"), _run(tmp_path, "bp", config="mlp/mnist_bp")
+    rows = [{key: value for key, value in json.loads(line).items() if not key.startswith("train_loss_")}
+            for line in (bp / figures.METRICS).read_text().splitlines()]
+    _write_jsonl(bp / figures.METRICS, rows)
+    assert figures.loss_terms(figures.metrics_rows(ccl)) == ["output", "pair0", "pair1"]
+    assert figures.loss_terms(rows) == []
+    figure = figures.curves_figure([("ccl", figures.metrics_rows(ccl)), ("bp", rows)])
+    assert len(figure.axes) == 3 and len(figure.axes[2].lines) == 3
+    assert figures_main(["curves", str(ccl), str(bp)]) == 0
+    _assert_png(ccl / "curves.png")
 
 
 def test_grid_writes_beside_the_csv(tmp_path):
@@ -202,7 +268,7 @@ def test_records_that_are_not_json_or_lack_a_key(tmp_path, capsys):
     record["cka"] = record["cka"][:-1]
     _write_jsonl(run / figures.ANALYSIS, [record])
     assert figures_main(["cka", str(run)]) == 2
-    assert "cka is not 8 x 8" in _error_line(capsys)
+    assert "cka is not 9 x 9" in _error_line(capsys)
 
 
 def test_missing_run_directory(tmp_path, capsys):
@@ -267,3 +333,42 @@ def test_reconstructions_of_a_classification_run(tmp_path, capsys, command):
     out = ["--out", str(tmp_path / "x.png")] if command == "compare" else []
     assert figures_main([command, str(run), *out]) == 2
     assert f"{run} is a classification run; {command} draws autoencoder runs" in capsys.readouterr().err
+
+
+# --- t-SNE ---------------------------------------------------------------------------------
+@pytest.fixture
+def snapshotted(tiny_mnist, tmp_path):
+    """A tiny MLP run that kept its weights at steps 0 and 9."""
+    from runs import MLP_YAML, run_mlp
+    out = tmp_path / "snapshotted"
+    assert run_mlp("--yaml", MLP_YAML, "--data_root", str(tiny_mnist[0]), "--epochs", "1", "--device", "cpu",
+                   "--batchsize", "64", "--analysis_steps", "0,9", "--analysis_samples", "8",
+                   "--analysis_snapshots", "1", "--out_dir", str(out)) == 0
+    return out
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_tsne_draws_one_fit_per_step(snapshotted, tmp_path):
+    pytest.importorskip("sklearn", reason="tsne needs scikit-learn (pip install scikit-learn)")
+    out = tmp_path / "tsne.png"
+    assert figures_main(["tsne", str(snapshotted), "--steps", "0", "9", "--samples", "60", "--layer", "2",
+                         "--device", "cpu", "--out", str(out)]) == 0
+    _assert_png(out)
+
+
+def test_tsne_fits_forward_and_feedback_points_together_with_a_fixed_seed():
+    pytest.importorskip("sklearn", reason="tsne needs scikit-learn (pip install scikit-learn)")
+    generator = np.random.default_rng(0)
+    forward, feedback = generator.normal(size=(40, 5)), generator.normal(size=(4, 5))
+    first, again = figures.fit_tsne(forward, feedback), figures.fit_tsne(forward, feedback)
+    assert first[0].shape == (40, 2) and first[1].shape == (4, 2)
+    assert np.array_equal(first[0], again[0]) and np.array_equal(first[1], again[1])
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_tsne_without_scikit_learn_or_without_snapshots(snapshotted, capsys, monkeypatch):
+    assert figures_main(["tsne", str(snapshotted), "--steps", "0", "5", "--device", "cpu"]) == 2
+    assert "no weights of step 5" in _error_line(capsys)
+    monkeypatch.setitem(sys.modules, "sklearn.manifold", None)  # import fails as if not installed
+    assert figures_main(["tsne", str(snapshotted), "--steps", "0", "--samples", "20", "--device", "cpu"]) == 2
+    assert "pip install scikit-learn" in _error_line(capsys)

@@ -147,7 +147,7 @@ def test_tensorboard_mirrors_the_run_files_across_a_resume(tiny_mnist, tmp_path)
     assert [step for step, _ in logged["val_acc"]] == [1, 2]  # each epoch once, after the resume
     assert [value for _, value in logged["val_acc"]] == pytest.approx([row["val_acc"] for row in rows])
     assert [step for step, _ in logged["weight_cosine/layer1"]] == [0, 1, 2]
-    assert [value for _, value in logged["cka/a6_b0"]] == pytest.approx([r["cka"][5][0] for r in records])
+    assert [value for _, value in logged["cka/a6_b0"]] == pytest.approx([r["cka"][6][0] for r in records])
     results = json.loads((out / "results.json").read_text())
     assert logged["test_acc"] == [(2, pytest.approx(results["test_acc"]))]
 

@@ -9,13 +9,17 @@ measures the model on such a batch of validation images every `analysis_every` e
 
 Three measures, one entry per dual layer l = 1..L (`layer1..layerL`):
 
-- `cka`: the L x L matrix of linear CKA (Kornblith et al. 2019) between the forward outputs
-  a_1..a_L (rows, logits last) and the feedback outputs b_0..b_{L-1} (columns, b_0 first), each
-  flattened to one row per sample. Row i is made by layer i+1's forward map and column j by
-  layer j+1's feedback map, and the layer-pair losses compare a_l with b_l. The feedback network
-  receives each probe sample's own target: its one-hot label for classification (in training
-  it receives the C x C identity instead, one row per class; CKA needs the rows of both sides to
-  be the same samples), the target image for the autoencoder.
+- `cka`: the (L+1) x (L+1) matrix of linear CKA (Kornblith et al. 2019) between every forward
+  activation a_0..a_L (rows: the input a_0 = x first, the output a_L last) and every feedback
+  activation b_0..b_L (columns: b_0, the feedback network's output in the input's shape, first;
+  b_L, what the feedback network receives - the one-hot label or the target image - last),
+  each flattened to one row per sample: the matrix of the paper's Figure 6, cka[0][0] =
+  CKA(input, b_0). Layer pair l compares a_l with b_l, so the cells the losses compare are the
+  main diagonal: cka[l][l] for the pair losses l = 0..L-1 and cka[L][L] for the output loss
+  (logits against labels; the autoencoder's reconstruction against its target). The feedback
+  network receives each probe sample's own target: its one-hot label for classification (in
+  training it receives the C x C identity instead, one row per class; CKA needs the rows of both
+  sides to be the same samples), the target image for the autoencoder.
 - `weight_cosine`: the cosine between the forward weight of layer l and its feedback weight,
   the latter rearranged to the forward weight's layout:
     linear:  W (out, in) against V.T, where V (in, out) is the feedback Linear(out, in) weight;
@@ -140,16 +144,17 @@ def probe_feedback_input(objective, targets: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def cka_matrix(model, objective, inputs: torch.Tensor, targets: torch.Tensor) -> list[list[float]]:
-    """cka[i][j] = linear CKA of a_{i+1} and b_j, in eval mode (see the module docstring).
+    """cka[i][j] = linear CKA of a_i and b_j, i, j = 0..L, in eval mode (see the module docstring).
 
-    Each of the 2L representations is reduced once to its normalised centred Gram matrix, so
-    the L^2 entries cost L^2 inner products of N x N matrices (and 2L of them in memory, float64)
+    Each of the 2(L+1) representations is reduced once to its normalised centred Gram matrix, so
+    the (L+1)^2 entries cost (L+1)^2 inner products of N x N matrices (and 2(L+1) of them in
+    memory, float64)
     instead of L^2 products of the D x D' feature matrices.
     """
     with model_state_kept(model):
         model.eval()
-        activations = model(inputs)[1:]
-        signals = model.feedback(probe_feedback_input(objective, targets))[:-1]
+        activations = model(inputs)
+        signals = model.feedback(probe_feedback_input(objective, targets))
         forward_grams = [_normalised_gram(_centred_rows(a)) for a in activations]
         feedback_grams = [_normalised_gram(_centred_rows(b)) for b in signals]
     return [[float((k * l).sum()) for l in feedback_grams] for k in forward_grams]
@@ -229,7 +234,7 @@ def _json_number(value: float) -> float | None:
 
 def analyse(model, objective, rule: RuleLoss, inputs: torch.Tensor, targets: torch.Tensor) -> dict:
     """The three measures on the probe batch (inputs, targets), JSON-ready:
-    {"layers": ["layer1", ...], "cka": [[...] * L] * L, "weight_cosine": [...] * L,
+    {"layers": ["layer1", ...], "cka": [[...] * (L+1)] * (L+1), "weight_cosine": [...] * L,
      "grad_angle_deg": [...] * L}, plain floats, null where undefined. The model and the random
     states are left as they were."""
     return {

@@ -10,9 +10,10 @@ from pathlib import Path
 
 import torch
 
-from ccl.acceleration import LossFunction, check_supported
+from ccl.acceleration import check_supported
 from ccl.config import Config, build_config, read_yaml_sections
 from ccl.experiment import Experiment, Script, build
+from ccl.objectives import in_order_sum
 from ccl.optim import DualOptimizer
 from ccl.trainer import Training, train_step
 from ccl.scripts import BY_CONFIG_FOLDER
@@ -85,9 +86,9 @@ class Case:
     def optimizer(self) -> DualOptimizer:
         return self.training.optimizer
 
-    @property
-    def loss(self) -> LossFunction:
-        return self.training.loss
+    def loss(self, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """The training step's loss, as the trainer's step adds it up from its terms."""
+        return in_order_sum(self.training.loss(inputs, targets))
 
     @property
     def config(self) -> Config:
@@ -99,7 +100,8 @@ class Case:
 
     def step(self, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """One training step, the trainer's own."""
-        return train_step(self.training, inputs, targets)
+        loss, _ = train_step(self.training, inputs, targets)
+        return loss
 
 
 def build_case(config: Config, script: Script, splits: Splits, device) -> Case:

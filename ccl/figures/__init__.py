@@ -2,10 +2,15 @@
 canvas (no screen needed), and the autoencoder's reconstructions drawn pixel for pixel with PIL.
 The commands (cli.py):
 
-    python -m ccl.figures cka RUN_DIR [--epochs E ...]        CKA heatmaps at chosen epochs
+    python -m ccl.figures cka RUN_DIR ... [--epochs E ...|--steps S ...]
+                                                              CKA heatmaps at chosen points, the
+                                                              mean over runs (seeds), and their changes
     python -m ccl.figures alignment RUN_DIR ...               weight cosine and gradient angle over epochs
     python -m ccl.figures kernels RUN_BP RUN_CCL [--count K]  first-layer conv kernels side by side
-    python -m ccl.figures curves RUN_DIR ...                  loss and accuracy (AE: MSE) per epoch
+    python -m ccl.figures curves RUN_DIR ...                  loss and accuracy (AE: MSE) per epoch,
+                                                              and each loss term (CCL's pair losses)
+    python -m ccl.figures tsne RUN_DIR [--steps S ...] [--layer L] [--samples N]
+                                                              t-SNE of forward and feedback embeddings
     python -m ccl.figures grid GRID_CSV [--title T]           test accuracy over lr_F x lr_B
     python -m ccl.figures reconstructions RUN_DIR             an autoencoder run's reconstructions.png again
     python -m ccl.figures compare RUN_DIR ... --out FILE      reconstructions of several autoencoder runs
@@ -18,11 +23,14 @@ itself at the end of a run (`save_reconstructions`).
 
 What they read:
 - `RUN_DIR/analysis.jsonl`: one JSON object per line, one line per analysed epoch (0 = before
-  training): {"epoch": E, "layers": ["layer1", ...], "cka": [[...]] (L x L, rows a_1..a_L, columns
-  b_0..b_{L-1}), "weight_cosine": [...] (L), "grad_angle_deg": [...] (L)}; null where a value is
-  undefined. The record of `ccl.analysis.analyse` with its epoch.
+  training, or per measured step of `analysis_steps`): {"epoch": E (null at a step that ends no
+  epoch), "step": S (the global step; absent in records written before analysis_steps),
+  "layers": ["layer1", ...], "cka": [[...]] ((L+1) x (L+1), rows a_0 = input..a_L, columns
+  b_0..b_L = target), "weight_cosine": [...] (L), "grad_angle_deg": [...] (L)}; null where a value
+  is undefined. The record of `ccl.analysis.analyse` with its epoch and step.
 - `RUN_DIR/metrics.jsonl`: the trainer's rows, of which `epoch`, `train_loss` and either
-  `val_loss` and `val_acc` (classification) or `val_mse` (autoencoder).
+  `val_loss` and `val_acc` (classification) or `val_mse` (autoencoder), and where the rule
+  logs them (CCL), its loss terms `train_loss_output`, `train_loss_pair0`, ...
 - `RUN_DIR/best.pt`: a state dict with `layer1.fwd.weight` of shape (out, in, kh, kw), in = 1 or 3.
 - `RUN_DIR/config.yaml` (optional): titles read `<config folder>/<config name>, seed S` from its
   `run: yaml:` path and `training: seed:`; without it, the directory's name.
@@ -54,6 +62,7 @@ import yaml
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
+from matplotlib.patches import Rectangle
 from matplotlib.ticker import MaxNLocator
 from PIL import Image, ImageDraw, ImageFont
 from torchvision.utils import make_grid
@@ -81,14 +90,31 @@ def _run_dir(path: Path) -> Path:
     return Path(path)
 
 
-def run_title(run_dir: Path) -> str:
-    """'<config folder>/<config name>, seed S' from the run's config.yaml, else its directory name."""
+def config_and_seed(run_dir: Path) -> tuple[str, int | None]:
+    """('<config folder>/<config name>', seed) from the run's config.yaml, else (its directory
+    name, None)."""
     try:
         document = yaml.safe_load((Path(run_dir) / "config.yaml").read_text())
         config_path, seed = Path(document["run"]["yaml"]), document["training"]["seed"]
     except (OSError, yaml.YAMLError, KeyError, TypeError):
-        return Path(run_dir).resolve().name
-    return f"{config_path.parent.name}/{config_path.stem}, seed {seed}"
+        return Path(run_dir).resolve().name, None
+    return f"{config_path.parent.name}/{config_path.stem}", seed
+
+
+def run_title(run_dir: Path) -> str:
+    """'<config folder>/<config name>, seed S' from the run's config.yaml, else its directory name."""
+    config, seed = config_and_seed(run_dir)
+    return config if seed is None else f"{config}, seed {seed}"
+
+
+def runs_title(run_dirs: Sequence[Path]) -> str:
+    """One run's title, or 'CONFIG, mean of N runs (seeds S1, S2, ...)' for several."""
+    if len(run_dirs) == 1:
+        return run_title(run_dirs[0])
+    named = [config_and_seed(run) for run in run_dirs]
+    configs = ", ".join(dict.fromkeys(config for config, _ in named))
+    seeds = ", ".join(str(seed) for _, seed in named if seed is not None)
+    return f"{configs}, mean of {len(run_dirs)} runs" + (f" (seeds {seeds})" if seeds else "")
 
 
 def read_jsonl(path: Path, required: Sequence[str]) -> list[dict]:
@@ -113,20 +139,30 @@ def read_jsonl(path: Path, required: Sequence[str]) -> list[dict]:
 
 
 def analysis_records(run_dir: Path) -> list[dict]:
-    """The run's analysis records, by epoch."""
+    """The run's analysis records, in the order they were measured (by step where the records
+    say it, else by epoch)."""
     path = _run_dir(run_dir) / ANALYSIS
     if not path.is_file():
         raise ConfigError(f"{run_dir}: no {ANALYSIS}, so no analysis records (the run was not "
                           f"analysed during training)")
-    records = sorted(read_jsonl(path, ANALYSIS_KEYS), key=lambda record: record["epoch"])
+    records = read_jsonl(path, ANALYSIS_KEYS)
     for record in records:
         layers = len(record["layers"])
-        shapes_agree = (len(record["cka"]) == layers and all(len(row) == layers for row in record["cka"])
+        shapes_agree = (len(record["cka"]) == layers + 1
+                        and all(len(row) == layers + 1 for row in record["cka"])
                         and len(record["weight_cosine"]) == len(record["grad_angle_deg"]) == layers)
         if not shapes_agree:
-            raise ConfigError(f"{path}, epoch {record['epoch']}: cka is not {layers} x {layers} or "
-                              f"weight_cosine, grad_angle_deg have not {layers} entries (one per layer)")
-    return records
+            raise ConfigError(f"{path}, {point_name(record)}: cka is not {layers + 1} x {layers + 1} "
+                              f"(a_0..a_{layers} x b_0..b_{layers}) or weight_cosine, grad_angle_deg "
+                              f"have not {layers} entries (one per layer)")
+    if all("step" in record for record in records):
+        return sorted(records, key=lambda record: record["step"])
+    return sorted(records, key=lambda record: record["epoch"])
+
+
+def point_name(record: dict) -> str:
+    """'step S' for a record measured at a chosen step, else 'epoch E'."""
+    return f"epoch {record['epoch']}" if record.get("epoch") is not None else f"step {record['step']}"
 
 
 def metrics_rows(run_dir: Path) -> list[dict]:
@@ -215,7 +251,12 @@ def _text_colour(image, value: float) -> str:
 
 
 def save_png(figure: Figure, path: Path) -> Path:
-    write_stream(path, lambda stream: figure.savefig(stream, format="png", dpi=DPI))
+    """The figure as a PNG of at most 256 colours (a third of the RGBA file's size, and the
+    committed figures stay small; a heatmap's colour map has 256 colours itself)."""
+    figure.canvas.draw()
+    picture = Image.fromarray(np.asarray(figure.canvas.buffer_rgba())).convert("RGB")
+    picture = picture.quantize(colors=256, method=Image.Quantize.MEDIANCUT)
+    write_stream(path, lambda stream: picture.save(stream, format="PNG", optimize=True))
     return Path(path)
 
 
@@ -238,32 +279,70 @@ def _epoch_span(epochs) -> str:
     return f"epoch {first}" if first == last else f"epochs {first}-{last}"
 
 
-def cka_figure(records: Sequence[dict], title: str) -> Figure:
-    """One heatmap per record: rows the forward outputs a_1..a_L, columns the feedback outputs
-    b_0..b_{L-1}, each labelled with the layer whose map made it; grey where CKA is undefined."""
-    layers = records[0]["layers"]
-    figure = _figure(0.6 + 3.4 * len(records), 3.9)
-    axes = figure.subplots(1, len(records), squeeze=False)[0]
-    colour_map = matplotlib.colormaps["viridis"].with_extremes(bad=MISSING_COLOUR)
-    for ax, record in zip(axes, records):
-        matrix = np.array([_nan_for_null(row) for row in record["cka"]])
-        image = ax.imshow(np.ma.masked_invalid(matrix), cmap=colour_map, vmin=0, vmax=1)
-        if len(layers) <= 8:
-            for (i, j), value in np.ndenumerate(matrix):
-                if math.isfinite(value):
-                    ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=6,
-                            color=_text_colour(image, value))
-        ax.set_xticks(range(len(layers)), [f"b{j} {name}" for j, name in enumerate(layers)],
-                      rotation=45, ha="right", fontsize=7)
-        ax.set_yticks(range(len(layers)), [f"a{i + 1} {name}" for i, name in enumerate(layers)],
-                      fontsize=7)
-        ax.set_xlabel("feedback output b (of the layer's feedback map)", fontsize=8)
-        ax.set_title(f"epoch {record['epoch']}" + (" (initial)" if record["epoch"] == 0 else ""),
-                     fontsize=9)
-    axes[0].set_ylabel("forward output a (of the layer's forward map)", fontsize=8)
-    figure.colorbar(image, ax=list(axes), shrink=0.8, label="linear CKA")
-    _suptitle(figure, f"{title}: linear CKA of forward vs feedback outputs")
+def cka_labels(layers: Sequence[str]) -> tuple[list[str], list[str]]:
+    """Row and column labels of the CKA matrix: a_0 (the input) .. a_L, b_0 .. b_L (the target),
+    each named after the layer whose map made it."""
+    rows = ["a0 input", *[f"a{i} {name}" for i, name in enumerate(layers, start=1)]]
+    columns = [*[f"b{j} {name}" for j, name in enumerate(layers)], f"b{len(layers)} target"]
+    return rows, columns
+
+
+def _heatmap(ax, matrix: np.ndarray, colour_map, limits: tuple[float, float], layers: Sequence[str],
+             number_format: str | None):
+    """The matrix, with its values in `number_format` (None: colours only), the labels of cka_labels, and a box around each cell of the
+    main diagonal: a_l against b_l, the pairs the losses compare."""
+    image = ax.imshow(np.ma.masked_invalid(matrix), cmap=colour_map, vmin=limits[0], vmax=limits[1])
+    if number_format and len(matrix) <= 8:  # the MLP's and CNN's 7 x 7; the autoencoder's 9 x 9 would be crowded
+        for (i, j), value in np.ndenumerate(matrix):
+            if math.isfinite(value):
+                shade = image.norm(value)
+                dark = shade < 0.4 if limits[0] == 0 else abs(shade - 0.5) > 0.35
+                ax.text(j, i, number_format.format(value), ha="center", va="center", fontsize=6,
+                        color="white" if dark else "black")
+    for index in range(len(matrix)):
+        ax.add_patch(Rectangle((index - 0.5, index - 0.5), 1, 1, fill=False, edgecolor="red", linewidth=1.2))
+    rows, columns = cka_labels(layers)
+    ax.set_xticks(range(len(columns)), columns, rotation=45, ha="right", fontsize=7)
+    ax.set_yticks(range(len(rows)), rows, fontsize=7)
+    return image
+
+
+def cka_figure(points: Sequence[tuple[str, np.ndarray]], layers: Sequence[str], title: str) -> Figure:
+    """Top row: one CKA heatmap per (label, matrix), rows a_0 (the input) .. a_L, columns b_0 ..
+    b_L (the target), grey where undefined, the compared pairs (the main diagonal) boxed in red.
+    With two or more points, a bottom row: the change of each matrix from the one before it
+    (colours only, as the paper's bottom row)."""
+    count, rows = len(points), 2 if len(points) > 1 else 1
+    figure = _figure(0.8 + 3.0 * count, 0.4 + 3.4 * rows)
+    axes = figure.subplots(rows, count, squeeze=False)
+    viridis = matplotlib.colormaps["viridis"].with_extremes(bad=MISSING_COLOUR)
+    for ax, (label, matrix) in zip(axes[0], points):
+        image = _heatmap(ax, matrix, viridis, (0, 1), layers, "{:.2f}")
+        ax.set_title(label, fontsize=9)
+    axes[0][0].set_ylabel("forward activation a", fontsize=8)
+    figure.colorbar(image, ax=list(axes[0]), shrink=0.8, label="linear CKA")
+    if rows == 2:
+        changes = [(f"{label} - {before}", matrix - previous)
+                   for (before, previous), (label, matrix) in zip(points, points[1:])]
+        limit = max((np.nanmax(np.abs(change)) for _, change in changes if np.isfinite(change).any()),
+                    default=1.0) or 1.0
+        diverging = matplotlib.colormaps["RdBu_r"].with_extremes(bad=MISSING_COLOUR)
+        axes[1][0].axis("off")
+        for ax, (label, change) in zip(axes[1][1:], changes):
+            image = _heatmap(ax, change, diverging, (-limit, limit), layers, None)
+            ax.set_title(f"change: {label}", fontsize=9)
+        axes[1][1].set_ylabel("forward activation a", fontsize=8)
+        figure.colorbar(image, ax=list(axes[1]), shrink=0.8, label="change of CKA")
+    for ax in axes[-1]:
+        ax.set_xlabel("feedback activation b", fontsize=8)
+    _suptitle(figure, f"{title}: linear CKA of forward vs feedback activations (red boxes: a_l vs "
+                      f"b_l, the pairs the losses compare)")
     return figure
+
+
+def mean_cka(records: Sequence[dict]) -> np.ndarray:
+    """The mean over records (runs) of their CKA matrices; undefined where any is."""
+    return np.mean([[_nan_for_null(row) for row in record["cka"]] for record in records], axis=0)
 
 
 def alignment_figure(runs: Sequence[tuple[str, Sequence[dict]]]) -> Figure:
@@ -331,13 +410,22 @@ def kernels_figure(panels: Sequence[tuple[str, torch.Tensor]], count: int = 64) 
     return figure
 
 
+def loss_terms(rows: Sequence[dict]) -> list[str]:
+    """The names of the loss terms a run's metrics rows carry (train_loss_<name>: CCL's
+    cross-entropy `output` and each pair's loss `pairL`), in their order."""
+    return [name[len("train_loss_"):] for name in rows[0] if name.startswith("train_loss_")]
+
+
 def curves_figure(runs: Sequence[tuple[str, Sequence[dict]]]) -> Figure:
     """Left: training loss (solid; the rule's own loss: CCL's includes its pair losses) and
-    validation loss (dashed); right: validation accuracy, or the autoencoder's validation MSE.
-    One colour per run; the first run's metric decides which."""
+    validation loss (dashed); middle: validation accuracy, or the autoencoder's validation MSE.
+    One colour per run; the first run's metric decides which. Right, where a run logged its loss
+    terms: each term's mean per epoch (log scale), one colour per term, one line style per run."""
     metric = validation_metric(runs[0][1])
-    figure = _figure(10, 4)
-    loss_ax, metric_ax = figure.subplots(1, 2)
+    terms = list(dict.fromkeys(name for _, rows in runs for name in loss_terms(rows)))
+    figure = _figure(15 if terms else 10, 4)
+    axes = figure.subplots(1, 3 if terms else 2)
+    loss_ax, metric_ax = axes[0], axes[1]
     for (title, rows), colour in zip(runs, _colours(len(runs))):
         epochs = [row["epoch"] for row in rows]
         loss_ax.plot(epochs, [row["train_loss"] for row in rows], color=colour, label=f"{title}, train")
@@ -352,6 +440,20 @@ def curves_figure(runs: Sequence[tuple[str, Sequence[dict]]]) -> Figure:
     for ax in (loss_ax, metric_ax):
         _epoch_axis(ax)
         ax.legend(fontsize=7)
+    if terms:
+        terms_ax, colours = axes[2], dict(zip(terms, _colours(len(terms))))
+        for (title, rows), style in zip(runs, _line_styles(len(runs))):
+            epochs = [row["epoch"] for row in rows]
+            for name in loss_terms(rows):
+                terms_ax.plot(epochs, [row.get(f"train_loss_{name}", math.nan) for row in rows],
+                              color=colours[name], linestyle=style, marker=".")
+        terms_ax.set_yscale("log")
+        terms_ax.set_ylabel("training loss term, mean over the epoch")
+        _epoch_axis(terms_ax)
+        handles = [Line2D([], [], color=colours[name], label=name) for name in terms]
+        handles += [Line2D([], [], color="black", linestyle=style, label=title)
+                    for (title, _), style in zip(runs, _line_styles(len(runs)))]
+        terms_ax.legend(handles=handles, fontsize=7)
     epochs = [row["epoch"] for _, rows in runs for row in rows]
     _suptitle(figure, f"{'; '.join(title for title, _ in runs)}: training curves, {_epoch_span(epochs)}")
     return figure
@@ -392,9 +494,73 @@ def default_cka_epochs(available: Sequence[int]) -> list[int]:
     return sorted(wanted & set(available))
 
 
+def default_cka_points(records: Sequence[dict]) -> tuple[str, list[int]]:
+    """('step', every measured step) for a run measured at chosen steps (`analysis_steps`: some
+    records have no epoch), else ('epoch', default_cka_epochs)."""
+    if any(record.get("epoch") is None for record in records):
+        return "step", sorted({record["step"] for record in records})
+    return "epoch", default_cka_epochs([record["epoch"] for record in records])
+
+
 def validation_metric(rows: Sequence[dict]) -> str:
     """`val_acc` for a classification run's metrics, `val_mse` for an autoencoder's."""
     return "val_acc" if "val_acc" in rows[0] else "val_mse"
+
+
+# --- t-SNE of forward and feedback embeddings (the paper's Figure 3) -----------------------
+TSNE_SEED = 0  # sklearn's TSNE random_state: the same layout for the same embeddings
+TSNE_PERPLEXITY = 30.0
+SKLEARN_MISSING = ("tsne needs scikit-learn, an optional dependency of this project: "
+                   "pip install scikit-learn")
+
+
+@torch.no_grad()
+def paired_embeddings(model, objective, inputs: torch.Tensor, labels: torch.Tensor,
+                      layer: int) -> tuple[np.ndarray, np.ndarray]:
+    """(a_layer of each input, N x D; b_layer of each class's one-hot, C x D), in eval mode,
+    flattened: a forward layer's output and the feedback output its pair loss compares it with.
+    The model is left in eval mode (a model rebuilt for the figure)."""
+    model.eval()
+    forward = model(inputs)[layer].flatten(1)
+    feedback = model.feedback(objective.feedback_input(labels))[layer].flatten(1)
+    return forward.double().cpu().numpy(), feedback.double().cpu().numpy()
+
+
+def fit_tsne(forward: np.ndarray, feedback: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """One 2-D t-SNE of the N forward embeddings and the C feedback templates together, each
+    template entered once (docs/ANALYSES.md says why); seeded, PCA-initialised."""
+    try:
+        from sklearn.manifold import TSNE  # noqa: PLC0415  (optional: only this figure needs it)
+    except ImportError:
+        raise ConfigError(SKLEARN_MISSING) from None
+    points = np.concatenate([forward, feedback])
+    perplexity = min(TSNE_PERPLEXITY, (len(points) - 1) / 3)
+    layout = TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=TSNE_SEED).fit_transform(points)
+    return layout[:len(forward)], layout[len(forward):]
+
+
+def tsne_figure(panels: Sequence[tuple[str, np.ndarray, np.ndarray, np.ndarray]], title: str) -> Figure:
+    """One t-SNE panel per (label, forward layout N x 2, labels N, feedback layout C x 2): dots
+    the forward embeddings of test images, squares (black edge) the feedback templates of the
+    classes, the colour the class."""
+    classes = len(panels[0][3])
+    colours = _colours(classes)
+    figure = _figure(0.4 + 3.2 * len(panels), 3.9)
+    axes = figure.subplots(1, len(panels), squeeze=False)[0]
+    for ax, (label, forward, labels, feedback) in zip(axes, panels):
+        ax.scatter(forward[:, 0], forward[:, 1], s=4, c=[colours[c] for c in labels], alpha=0.6, linewidths=0)
+        ax.scatter(feedback[:, 0], feedback[:, 1], s=90, marker="s", c=colours[:len(feedback)],
+                   edgecolors="black", linewidths=1.2)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.set_title(label, fontsize=9)
+    handles = [Line2D([], [], color=colours[c], marker="o", linestyle="", label=str(c)) for c in range(classes)]
+    handles += [Line2D([], [], color="grey", marker="o", linestyle="", label="forward: test image"),
+                Line2D([], [], color="grey", marker="s", markeredgecolor="black", linestyle="",
+                       label="feedback: class one-hot")]
+    figure.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 12), fontsize=7)
+    _suptitle(figure, title)
+    return figure
 
 
 # --- reconstructions of autoencoder runs (PIL: the images pixel for pixel) ----------------

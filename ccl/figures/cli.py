@@ -9,10 +9,11 @@ from pathlib import Path
 
 import torch
 
+from ccl.analysis import probe_batch
 from ccl.cli import resolve_device
 from ccl.figures import (alignment_figure, analysis_records, best_epoch, cka_figure, curves_figure,
-                         default_cka_epochs, first_layer_kernels, grid_figure, kernels_figure,
-                         metrics_rows, read_grid, run_title, save_comparison, save_png,
+                         default_cka_points, mean_cka, runs_title, first_layer_kernels, grid_figure, kernels_figure,
+                         fit_tsne, metrics_rows, paired_embeddings, read_grid, tsne_figure, run_title, save_comparison, save_png,
                          save_reconstructions, validation_metric)
 from ccl.run_dir import ANALYSIS, BEST, FIGURES, METRICS, RunDir
 from ccl.scripts import rebuild
@@ -22,19 +23,39 @@ from utils.io import WriteError
 
 
 def draw_cka(args) -> Path:
-    records = analysis_records(args.run)
-    by_epoch = {record["epoch"]: record for record in records}
-    epochs = args.epochs or default_cka_epochs(list(by_epoch))
-    missing = [epoch for epoch in epochs if epoch not in by_epoch]
-    if missing:
-        raise ConfigError(f"{args.run / ANALYSIS} has no record of epoch "
-                          f"{', '.join(map(str, missing))}; it has epochs {', '.join(map(str, by_epoch))}")
-    figure = cka_figure([by_epoch[epoch] for epoch in epochs], run_title(args.run))
-    return save_png(figure, args.out or args.run / FIGURES["cka"])
+    runs = [(run, analysis_records(run)) for run in args.runs]
+    if args.steps:
+        key, points = "step", args.steps
+    elif args.epochs:
+        key, points = "epoch", args.epochs
+    else:
+        key, points = default_cka_points(runs[0][1])
+    chosen = []  # per run, its record at each point
+    for run, records in runs:
+        by_point = {record[key]: record for record in records if record.get(key) is not None}
+        missing = [point for point in points if point not in by_point]
+        if missing:
+            raise ConfigError(f"{run / ANALYSIS} has no record of {key} {', '.join(map(str, missing))}; "
+                              f"it has {key}s {', '.join(map(str, by_point)) or 'none'}")
+        chosen.append([by_point[point] for point in points])
+    layers = chosen[0][0]["layers"]
+    for run, records in zip(args.runs, chosen):
+        if records[0]["layers"] != layers:
+            raise ConfigError(f"{run}: its layers differ from {args.runs[0]}'s: average runs of one "
+                              f"architecture")
+    labels = [f"{key} {point}" + (" (initial)" if point == 0 else "") for point in points]
+    matrices = [mean_cka([records[index] for records in chosen]) for index in range(len(points))]
+    figure = cka_figure(list(zip(labels, matrices)), layers, runs_title(args.runs))
+    return save_png(figure, args.out or args.runs[0] / FIGURES["cka"])
 
 
 def draw_alignment(args) -> Path:
-    runs = [(run_title(run), analysis_records(run)) for run in args.runs]
+    runs = []
+    for run in args.runs:
+        records = [record for record in analysis_records(run) if record["epoch"] is not None]
+        if not records:
+            raise ConfigError(f"{run / ANALYSIS} has no record of an epoch (alignment draws epochs)")
+        runs.append((run_title(run), records))
     return save_png(alignment_figure(runs), args.out or args.runs[0] / FIGURES["alignment"])
 
 
@@ -78,6 +99,43 @@ def draw_comparison(args) -> Path:
     return save_comparison([autoencoder_run(run, args) for run in args.runs], args.out)
 
 
+def draw_tsne(args) -> Path:
+    run_dir = RunDir(args.run)
+    config, _ = run_dir.saved_config()
+    if config.task != "classification":
+        raise ConfigError(f"{args.run} is a {config.task} run; tsne draws classification runs, whose "
+                          f"feedback network receives class one-hots")
+    if args.steps is None:  # every step whose weights the run kept
+        args.steps = sorted(int(path.stem[len("step"):]) for path in run_dir.snapshot_path(0).parent.glob("step*.pt"))
+        if not args.steps:
+            raise ConfigError(f"{args.run} kept no weights: train it with --analysis_steps S1,S2,... "
+                              f"--analysis_snapshots 1")
+    missing = [step for step in args.steps if not run_dir.snapshot_path(step).is_file()]
+    if missing:
+        raise ConfigError(f"{args.run} has no weights of step {', '.join(map(str, missing))} (no "
+                          f"{run_dir.snapshot_path(missing[0]).relative_to(args.run)}): train it with "
+                          f"--analysis_steps {','.join(map(str, args.steps))} --analysis_snapshots 1")
+    if args.samples < 1:
+        raise ConfigError(f"--samples {args.samples}: draw at least one test image")
+    device = resolve_device(args.device)
+    experiment = rebuild(run_dir, args.data_root, device, best=False)
+    layers = len(experiment.model.layers)
+    layer = layers - 1 if args.layer is None else args.layer
+    if not 0 <= layer < layers:
+        raise ConfigError(f"--layer {layer}: the pairs are 0..{layers - 1} (a_l against b_l)")
+    inputs, labels = probe_batch(experiment.data.test, args.samples, config.seed)
+    panels = []
+    for step in args.steps:
+        experiment.model.load_state_dict(torch.load(run_dir.snapshot_path(step), map_location=device,
+                                                    weights_only=True))
+        forward, feedback = paired_embeddings(experiment.model, experiment.objective, inputs, labels, layer)
+        forward_2d, feedback_2d = fit_tsne(forward, feedback)
+        panels.append((f"step {step}", forward_2d, labels.cpu().numpy(), feedback_2d))
+    title = (f"{run_title(args.run)}: t-SNE of a{layer} (forward, {len(labels)} test images) with "
+             f"b{layer} (feedback, the {len(panels[0][3])} class one-hots), one fit per panel")
+    return save_png(tsne_figure(panels, title), args.out or args.run / FIGURES["tsne"])
+
+
 def draw_grid(args) -> Path:
     cells = read_grid(args.csv)
     return save_png(grid_figure(cells, args.title or args.csv.stem), args.out or args.csv.with_suffix(".png"))
@@ -95,10 +153,15 @@ def build_parser() -> argparse.ArgumentParser:
         sub.set_defaults(draw=draw)
         return sub
 
-    cka = command("cka", draw_cka, "heatmaps of the forward x feedback CKA matrix at chosen epochs")
-    cka.add_argument("run", type=Path, metavar="RUN_DIR")
-    cka.add_argument("--epochs", type=int, nargs="+", default=None, metavar="E",
-                     help="epochs to draw (default: the first, 1, 5 and the last analysed)")
+    cka = command("cka", draw_cka, "heatmaps of the forward x feedback CKA matrix at chosen epochs or "
+                                   "steps, the mean over the runs given (seeds), and its changes")
+    cka.add_argument("runs", type=Path, nargs="+", metavar="RUN_DIR")
+    when = cka.add_mutually_exclusive_group()
+    when.add_argument("--epochs", type=int, nargs="+", default=None, metavar="E",
+                      help="epochs to draw (default: the first, 1, 5 and the last analysed)")
+    when.add_argument("--steps", type=int, nargs="+", default=None, metavar="S",
+                      help="global steps to draw (records of analysis_steps; the default for a run "
+                           "that has them: every measured step)")
     alignment = command("alignment", draw_alignment,
                         "weight cosine and gradient angle per layer over epochs, runs overlaid")
     alignment.add_argument("runs", type=Path, nargs="+", metavar="RUN_DIR")
@@ -107,6 +170,19 @@ def build_parser() -> argparse.ArgumentParser:
     kernels.add_argument("--count", type=int, default=64, help="kernels per run (default 64)")
     curves = command("curves", draw_curves, "training and validation loss, validation accuracy or MSE")
     curves.add_argument("runs", type=Path, nargs="+", metavar="RUN_DIR")
+    tsne = command("tsne", draw_tsne, "t-SNE of forward embeddings of test images with the feedback "
+                                      "embeddings of the class one-hots at the paired layer, at steps "
+                                      "whose weights the run kept (analysis_snapshots)")
+    tsne.add_argument("run", type=Path, metavar="RUN_DIR")
+    tsne.add_argument("--steps", type=int, nargs="+", default=None, metavar="S",
+                      help="global steps to draw (each needs RUN_DIR/snapshots/step<S>.pt; default: "
+                           "every step whose weights the run kept)")
+    tsne.add_argument("--layer", type=int, default=None, metavar="L",
+                      help="the pair: a_L against b_L (default: L-1 of the L layers, the penultimate)")
+    tsne.add_argument("--samples", type=int, default=1000,
+                      help="the first N test images (default 1000)")
+    tsne.add_argument("--data_root", type=Path, default=None, help="datasets (default: the run's own)")
+    tsne.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if available)")
     grid = command("grid", draw_grid, "mean test accuracy over lr_F x lr_B, seed count per cell")
     grid.add_argument("csv", type=Path, metavar="GRID_CSV")
     grid.add_argument("--title", default=None, help="figure title (default: the CSV's name)")
