@@ -11,7 +11,7 @@ from collections.abc import Callable
 import torch
 
 from ccl.config import KEYS
-from ccl.rules import Rule, RULES
+from ccl.rules import RULES, Rule
 from utils.errors import ConfigError
 
 LossFunction = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]

@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-
 from ccl.rules import FEEDBACK_FIXED, RULES, rule_keys
 from models import ARCHITECTURES
 from models.layers import ACTIVATIONS, OUTPUT_ACTIVATIONS

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from ccl.losses import ae_pair_loss, flooding_keep_mask
 
 # (a_l, b_l, one-hot targets, keep mask or None) -> loss of the pair
-AlignmentLoss = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, "torch.Tensor | None"], torch.Tensor]
+PairLoss = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, "torch.Tensor | None"], torch.Tensor]
 
 
 def in_order_sum(terms: torch.Tensor) -> torch.Tensor:
@@ -40,9 +40,9 @@ class Classification:
     selections = {"val_loss": ("loss", True), "val_acc": ("acc", False)}
     feedback_reads_batch = False  # the feedback input is the same on every rank of a run
 
-    def __init__(self, num_classes: int, alignment: AlignmentLoss, flood_threshold: float | None):
+    def __init__(self, num_classes: int, pair_loss: PairLoss, flood_threshold: float | None):
         self.num_classes = num_classes
-        self.alignment = alignment
+        self.pair_loss = pair_loss
         self.flood_threshold = flood_threshold
 
     def feedback_input(self, labels: torch.Tensor) -> torch.Tensor:
@@ -50,23 +50,19 @@ class Classification:
 
     def loss_terms(self, activations: Sequence[torch.Tensor], signals: Sequence[torch.Tensor],
                    labels: torch.Tensor) -> torch.Tensor:
-        """[cross-entropy on the logits a_L, alignment loss of pair 0, ..., of pair L-1]."""
+        """[cross-entropy on the logits a_L, the pair loss of pair 0, ..., of pair L-1]."""
         logits = activations[-1]
         keep = None
         if self.flood_threshold is not None:
             keep = flooding_keep_mask(logits, labels, self.flood_threshold)
         onehot = torch.zeros_like(logits).scatter_(1, labels[:, None], 1.0)
-        pairs = [self.alignment(a, b, onehot, keep) for a, b in zip(activations[:-1], signals[:-1])]
+        pairs = [self.pair_loss(a, b, onehot, keep) for a, b in zip(activations[:-1], signals[:-1])]
         return torch.stack([F.cross_entropy(logits, labels), *pairs])
 
     @staticmethod
     def term_names(num_layers: int) -> list[str]:
         return ["output", *(f"pair{index}" for index in range(num_layers))]
 
-    def local_losses(self, activations: Sequence[torch.Tensor], signals: Sequence[torch.Tensor],
-                     labels: torch.Tensor) -> torch.Tensor:
-        """Cross-entropy on the logits a_L plus the alignment losses of pairs 0..L-1."""
-        return in_order_sum(self.loss_terms(activations, signals, labels))
 
     def output_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(logits, labels)
@@ -108,9 +104,6 @@ class Reconstruction:
     def term_names(num_layers: int) -> list[str]:
         return [f"pair{index}" for index in range(num_layers + 1)]
 
-    def local_losses(self, activations: Sequence[torch.Tensor], signals: Sequence[torch.Tensor],
-                     targets: torch.Tensor) -> torch.Tensor:
-        return in_order_sum(self.loss_terms(activations, signals, targets))
 
     def output_loss(self, reconstruction: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         return F.mse_loss(reconstruction, targets)

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from ccl import target_prop as tp
 from ccl.fixed_feedback import add_direct_feedback, direct_feedback, feedback_aligned, gradient_at
 from ccl.objectives import in_order_sum
+from models.layers import batch_standardise
 from models.network import DualNetwork
 
 # (model, objective, inputs, targets) -> the loss whose backward pass gives the gradients
@@ -155,7 +156,7 @@ def _target_propagation(name: str, summary: str, feedback_loss, normalised: bool
     """A target-propagation rule (ccl/target_prop.py): the forward loss toward targets sent down
     the feedback network, which trains in a phase of its own with `feedback_loss` (None: fixed
     feedback). `normalised`: FWDTP-BN's parameter-free batch normalisation."""
-    chi = tp.batch_standardise if normalised else tp.identity
+    chi = batch_standardise if normalised else tp.identity
     trained = feedback_loss is not None
     return Rule(name, summary, partial(tp.forward_loss, chi=chi),
                 FEEDBACK_BY_PHASE if trained else FEEDBACK_FIXED,

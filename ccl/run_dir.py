@@ -35,7 +35,9 @@ from typing import Any
 
 import torch
 
+import yaml
 from ccl.config import KEYS, Config, build_config, load_yaml_mapping, section_values
+from ccl.objectives import Classification, Reconstruction
 from utils.errors import ConfigError, UserError
 from utils.io import TEMPORARY_SUFFIX, save_torch, write_json, write_jsonl, write_text
 
@@ -46,8 +48,11 @@ RECONSTRUCTIONS = "reconstructions.png"  # autoencoder runs
 PRIMARY_SELECTION = "val_loss"  # the model selection of the released code: best.pt
 LAST_EPOCH = "last"  # results.json's selections: the last epoch's model, tested beside the best ones
 # the weights each model selection keeps (objectives.py: `selections`)
-BEST_OF = {PRIMARY_SELECTION: BEST, "val_acc": "best_val_acc.pt"}
+# the best model of each objective's selection: best.pt for the released one, best_<name>.pt else
+BEST_OF = {name: BEST if name == PRIMARY_SELECTION else f"best_{name}.pt"
+           for objective in (Classification, Reconstruction) for name in objective.selections}
 ANALYSIS = "analysis.jsonl"  # analysis_every > 0: one record per analysed epoch
+ANALYSIS_KEYS = ("epoch", "layers", "cka", "weight_cosine", "grad_angle_deg")  # of each record
 ANALYSIS_OF_BEST = "analysis.json"  # python -m ccl.analysis RUN_DIR
 SNAPSHOTS = "snapshots"  # analysis_snapshots: 1: the weights at each analysis_steps step
 LOGGER_FOLDERS = ("tensorboard", "wandb")  # --logger tensorboard, --logger wandb
@@ -307,6 +312,97 @@ class RunDir:
             raise Damaged(f"{path} does not hold this run's weights: {problem}; train the run again "
                           f"with --overwrite")
         model.load_state_dict(weights)
+
+    # --- what the figures read: leniently where a title needs it, else a ConfigError (exit 2) ---
+    def config_name_and_seed(self) -> tuple[str, int | None]:
+        """('<config folder>/<config name>', seed) from config.yaml, else (the directory's name,
+        None): for titles, which must not fail on a directory without one."""
+        try:
+            document = yaml.safe_load((self.path / CONFIG).read_text())
+            config_path, seed = Path(document["run"]["yaml"]), document["training"]["seed"]
+        except (OSError, yaml.YAMLError, KeyError, TypeError):
+            return self.path.resolve().name, None
+        return f"{config_path.parent.name}/{config_path.stem}", seed
+
+    def best_epoch(self, config: Config | None = None) -> int | None:
+        """The epoch of best.pt: results.json's, or, given the run's config, the checkpoint's
+        for a run that has not ended; None where neither says. A damaged file is an error."""
+        results = self.read_results()
+        if results is not None:
+            return results.get("best_epoch")
+        if config is None:
+            return None
+        best = (self.load_checkpoint(config) or {}).get("best") or {}
+        return best.get(PRIMARY_SELECTION, best).get("epoch")  # before the selections: one record
+
+    def metrics_rows(self) -> list[dict]:
+        return read_jsonl(self._existing() / METRICS, ("epoch", "train_loss"))
+
+    def analysis_records(self) -> list[dict]:
+        """The analysis records, in the order they were measured (by step where the records
+        say it, else by epoch), each checked for its keys and its matrices' shapes."""
+        path = self._existing() / ANALYSIS
+        if not path.is_file():
+            raise ConfigError(f"{self.path}: no {ANALYSIS}, so no analysis records (the run was not "
+                              f"analysed during training)")
+        records = read_jsonl(path, ANALYSIS_KEYS)
+        for record in records:
+            layers = len(record["layers"])
+            shapes_agree = (len(record["cka"]) == layers + 1
+                            and all(len(row) == layers + 1 for row in record["cka"])
+                            and len(record["weight_cosine"]) == len(record["grad_angle_deg"]) == layers)
+            if not shapes_agree:
+                raise ConfigError(f"{path}, {point_name(record)}: cka is not {layers + 1} x {layers + 1} "
+                                  f"(a_0..a_{layers} x b_0..b_{layers}) or weight_cosine, grad_angle_deg "
+                                  f"have not {layers} entries (one per layer)")
+        if all("step" in record for record in records):
+            return sorted(records, key=lambda record: record["step"])
+        return sorted(records, key=lambda record: record["epoch"])
+
+    def best_weights(self) -> dict[str, torch.Tensor]:
+        """best.pt's state dict on the CPU, checked to be one, without a model to load it into."""
+        path = self._existing() / BEST
+        if not path.is_file():
+            raise ConfigError(f"{self.path}: no {BEST}, so no weights (the run has not finished an epoch)")
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as error:  # noqa: BLE001  (torch.load raises many kinds for a bad file)
+            raise ConfigError(f"{path}: not a readable state dict ({type(error).__name__})") from None
+        problem = weights_problem(state)
+        if problem:
+            raise ConfigError(f"{path} does not hold this run's weights: {problem}")
+        return state
+
+    def _existing(self) -> Path:
+        if not self.path.is_dir():
+            raise ConfigError(f"{self.path}: no such run directory")
+        return self.path
+
+
+def point_name(record: dict) -> str:
+    """'epoch E' for an analysis record that ends an epoch, else 'step S'."""
+    return f"epoch {record['epoch']}" if record.get("epoch") is not None else f"step {record['step']}"
+
+
+def read_jsonl(path: Path, required: Sequence[str]) -> list[dict]:
+    """The objects of a JSON-lines file, each checked for the `required` keys."""
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such file")
+    rows = []
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise ConfigError(f"{path}, line {number}: not JSON ({error.msg})") from None
+        missing = [key for key in required if not isinstance(row, dict) or key not in row]
+        if missing:
+            raise ConfigError(f"{path}, line {number}: no {', '.join(missing)}")
+        rows.append(row)
+    if not rows:
+        raise ConfigError(f"{path}: no records")
+    return rows
 
 
 def _is_temporary(name: str) -> bool:

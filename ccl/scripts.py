@@ -16,9 +16,9 @@ from ccl.cli import DEFAULT_DATA_ROOT
 from ccl.config import Config
 from ccl.distributed import ONE_PROCESS, World
 from ccl.experiment import Experiment, Script, build
-from ccl.figures import save_reconstructions
 from ccl.losses import cnn_pair_loss, fused_cnn_pair_loss, mlp_pair_loss
 from ccl.objectives import Classification, Reconstruction, flood_threshold
+from ccl.plots import save_reconstructions
 from ccl.rules import RULES, rule_names
 from ccl.run_dir import CONFIG, RunDir, RunDirError
 from utils.data.recipes import CNN_TRANSFORMS, ae_data, cnn_data, mlp_data
@@ -57,10 +57,10 @@ MLP = Script(
 def cnn_objective(config: Config, num_classes: int, world: World = ONE_PROCESS) -> Classification:
     scales = {"loss_scale_C": config.loss_scale_C, "loss_scale_ssl": config.loss_scale_ssl}
     if config.fused_pair_loss:  # one process only (World.check)
-        alignment = partial(fused_cnn_pair_loss, **scales)
+        pair_loss = partial(fused_cnn_pair_loss, **scales)
     else:  # the Gram term of the samples gathers the global batch's rows
-        alignment = partial(cnn_pair_loss, **scales, gather_rows=world.gather_rows if world.size > 1 else None)
-    return Classification(num_classes, alignment, flood_threshold(config))
+        pair_loss = partial(cnn_pair_loss, **scales, gather_rows=world.gather_rows if world.size > 1 else None)
+    return Classification(num_classes, pair_loss, flood_threshold(config))
 
 
 CONV_RULES = tuple(name for name, rule in RULES.items() if not rule.linear_only)

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from models.layers import DualLayer, batch_standardise
+from models.layers import DualLayer
 from models.network import DualNetwork
 from utils.errors import ConfigError
 from utils.seed import Stream, stream_seed

@@ -22,14 +22,14 @@ import torch
 from tqdm import tqdm
 
 from ccl.acceleration import LossFunction, training_loss
-from ccl.analysis import analyse, probe_batch
 from ccl.config import step_numbers
 from ccl.distributed import ONE_PROCESS, World
 from ccl.distributed.data import shard
 from ccl.loggers import Loggers
+from ccl.measures import analyse, probe_batch
 from ccl.objectives import in_order_sum
 from ccl.optim import DualOptimizer
-from ccl.run_dir import ANALYSIS, LAST_EPOCH, PRIMARY_SELECTION, RunDir
+from ccl.run_dir import ANALYSIS, FINISHED, LAST_EPOCH, PRIMARY_SELECTION, RunDir
 from ccl.target_prop import FeedbackPhase
 from utils.seed import restore_rng_states, rng_states
 
@@ -466,7 +466,7 @@ class Trainer:
                 metrics[epoch] = self._test_metrics()
             tested[name] = {"epoch": epoch, **metrics[epoch]}
         selections = {name: tested[name] for name in (*self.objective.selections, LAST_EPOCH)}
-        return {"status": "finished",
+        return {"status": FINISHED,
                 **{k: v for k, v in selections[PRIMARY_SELECTION].items() if k != "epoch"},
                 **self.best_so_far(),
                 "selections": selections,

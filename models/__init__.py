@@ -3,8 +3,8 @@ from __future__ import annotations
 
 from functools import partial
 
-from models.cnn import build_cnn, cnn
 from models.autoencoder import build_conv_autoencoder
+from models.cnn import build_cnn, cnn
 from models.layers import DualLayer, DualLinear, LayerOptions
 from models.mlp import build_simple_linear, mlp
 from models.network import DualNetwork

@@ -7,8 +7,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))  # test helpers: golden, tiny_data
 
-from tiny_data import (write_checksum_file, write_cifar10, write_cifar100, write_idx_dataset,  # noqa: E402
-                       write_stl10)
+from tiny_data import write_checksum_file, write_cifar10, write_cifar100, write_idx_dataset, write_stl10  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -18,11 +18,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from ccl.config import build_config
 from ccl.optim import DualOptimizer
 from ccl.rules import RULES
 from models import build_model
 from models.layers import BN_ON_OUTPUT
-from ccl.config import build_config
 
 FIXTURES = Path(__file__).parent / "fixtures"
 RTOL = 1e-4

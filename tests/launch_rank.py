@@ -14,8 +14,9 @@ RANK = int(os.environ["RANK"])
 
 
 def signal_at(step: int) -> None:
-    from ccl.rules import RULES
     from runs import with_loss
+
+    from ccl.rules import RULES
 
     steps = itertools.count(1)
 

@@ -11,11 +11,11 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import REPO
 
 import ccl.experiment as experiment
 from ccl.rules import RULES, Rule
 from ccl.scripts import MLP
-from conftest import REPO
 
 MLP_YAML = str(REPO / "yaml/mlp/mnist_ccl.yaml")
 TIMING = {"seconds", "eval_seconds", "wall_seconds", "train_seconds"}  # differ run to run

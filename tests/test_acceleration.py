@@ -12,15 +12,15 @@ import pytest
 import torch
 import torch._inductor.cpp_builder
 import torch.utils._triton
-
-from ccl.scripts import CNN, MLP
-from ccl.acceleration import check_supported, training_loss
-from ccl.optim import DualOptimizer
-from ccl.rules import ccl_loss
 from conftest import REPO
 from golden import assert_matches_summary, golden_model_and_objective, load_fixture
 from runs import MLP_YAML, run_mlp
+
+from ccl.acceleration import check_supported, training_loss
 from ccl.config import build_config, read_yaml_sections
+from ccl.optim import DualOptimizer
+from ccl.rules import ccl_loss
+from ccl.scripts import CNN, MLP
 from utils.errors import ConfigError
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -8,11 +8,18 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ccl.analysis import (analyse, angle_deg, cka_matrix, feedback_weight_as_forward,
-                          gradient_angles, linear_cka, weight_cosines)
 from ccl.losses import mlp_pair_loss
-from ccl.rules import bp_loss, ccl_loss
+from ccl.measures import (
+    analyse,
+    angle_deg,
+    cka_matrix,
+    feedback_weight_as_forward,
+    gradient_angles,
+    linear_cka,
+    weight_cosines,
+)
 from ccl.objectives import Classification, Reconstruction
+from ccl.rules import bp_loss, ccl_loss
 from models import LayerOptions, mlp
 from models.cnn import cnn
 from models.conv import DualConv, DualUpConv

@@ -7,6 +7,8 @@ import signal
 
 import pytest
 import torch
+from conftest import REPO
+from runs import MLP_YAML, outcome, run_mlp
 
 from ccl.analysis.cli import main as analysis_main
 from ccl.config import build_config, read_yaml_sections
@@ -14,9 +16,7 @@ from ccl.experiment import main
 from ccl.optim import DualOptimizer
 from ccl.rules import ccl_loss
 from ccl.scripts import CNN, MLP
-from conftest import REPO
 from models import build_model
-from runs import MLP_YAML, outcome, run_mlp
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

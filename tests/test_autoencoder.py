@@ -5,16 +5,16 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import nn
-
-from ccl.optim import DualOptimizer
-from ccl.objectives import Reconstruction
 from conftest import REPO
 from golden import load_fixture
+from torch import nn
+
+from ccl.config import build_config, read_yaml_sections
+from ccl.objectives import Reconstruction, in_order_sum
+from ccl.optim import DualOptimizer
 from models import ARCHITECTURES, build_model
 from models.autoencoder import build_conv_autoencoder, orthogonal
 from models.conv import DualConv, DualUpConv
-from ccl.config import build_config, read_yaml_sections
 
 CHANNELS = [3, 128, 256, 1024, 2048, 1024, 256, 128, 3]
 SIZES = [96, 48, 24, 12, 6, 12, 24, 48, 96]
@@ -143,6 +143,6 @@ def test_pair_losses_match_released_code():
     hidden, end = cases["ae"], cases["ae_end"]
     assert hidden["loss_scale_C"] == end["loss_scale_C"] and hidden["loss_scale_D"] == end["loss_scale_D"]
     task = Reconstruction(hidden["loss_scale_C"], hidden["loss_scale_D"])
-    loss = task.local_losses([end["A"], hidden["A"], hidden["A"], end["A"]],
-                             [end["B"], hidden["B"], hidden["B"], end["B"]], targets=None)
+    loss = in_order_sum(task.loss_terms([end["A"], hidden["A"], hidden["A"], end["A"]],
+                                        [end["B"], hidden["B"], hidden["B"], end["B"]], targets=None))
     assert loss.item() == pytest.approx(2 * end["loss"] + 2 * hidden["loss"], rel=1e-5)

@@ -21,13 +21,13 @@ from runs import outcome, run_mlp, with_loss
 import ccl.experiment as experiment
 from ccl.bench.cli import main as bench
 from ccl.bench.flops import step_flops
+from ccl.config import build_config
 from ccl.fixed_feedback import direct_feedback, feedback_weight_as_forward
 from ccl.optim import DualOptimizer
 from ccl.rules import RULES, add_fixed_state, bp_loss, dfa_loss, drtp_loss, fa_loss, output_error
 from ccl.scripts import AUTOENCODER, CNN
 from ccl.scripts import mlp_objective as make_task
 from models import LayerOptions, cnn, mlp
-from ccl.config import build_config
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -11,16 +11,15 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-import yaml
+from conftest import REPO
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import ccl.experiment as experiment
-from ccl.scripts import MLP
-from conftest import REPO
+import yaml
 from ccl.cli import build_parser, parse_command_line
 from ccl.config import KEYS, REQUIRED, SECTIONS
-from ccl.scripts import BY_CONFIG_FOLDER
+from ccl.scripts import BY_CONFIG_FOLDER, MLP
 
 RELEASED = yaml.safe_load((REPO / "yaml/mlp/mnist_ccl.yaml").read_text())
 MLP_YAML = str(REPO / "yaml/mlp/mnist_ccl.yaml")

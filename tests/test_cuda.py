@@ -9,14 +9,14 @@ import signal
 
 import pytest
 import torch
-
-import ccl.experiment as experiment
-from ccl.scripts import AUTOENCODER, CNN, cnn_objective, mlp_objective
-from ccl.optim import DualOptimizer
-from ccl.rules import ccl_loss
 from conftest import REPO
 from golden import golden_model_and_objective, load_fixture
 from runs import MLP_YAML, outcome, run_mlp, with_loss
+
+import ccl.experiment as experiment
+from ccl.optim import DualOptimizer
+from ccl.rules import ccl_loss
+from ccl.scripts import AUTOENCODER, CNN, cnn_objective, mlp_objective
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 

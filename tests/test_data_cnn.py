@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import torch
 import torchvision.datasets as tv
-from PIL import Image
-
 from golden import load_fixture
+from PIL import Image
 from tiny_data import coloured_images
+
 from ccl.config import build_config
 from utils.data import load_splits
 from utils.data.cifar import CHECKSUMS as CIFAR_CHECKSUMS

@@ -8,9 +8,9 @@ import random
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from runs import MLP_YAML, run_mlp
 
 import utils.data.cifar as cifar
-from runs import MLP_YAML, run_mlp
 from utils.data.files import read_checked
 from utils.data.mnist import load_idx_split
 from utils.errors import DataError

@@ -8,11 +8,11 @@ import signal
 
 import pytest
 import torch
+from runs import MLP_YAML, run_mlp, with_loss
 
 from ccl.experiment import EXIT_DIVERGED
 from ccl.rules import RULES
 from ccl.trainer import DIVERGENCE_CHECK_EVERY, Diverged, DivergenceMonitor
-from runs import MLP_YAML, run_mlp, with_loss
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 BATCHES = 17  # per epoch of the tiny data in batches of 32

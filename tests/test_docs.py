@@ -18,16 +18,16 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import REPO, accept_test_files
+from tiny_data import write_cifar10, write_cifar100, write_idx_dataset, write_stl10
 
 import ccl.experiment as experiment
 import models.autoencoder
 from ccl.analysis.cli import main as analysis_main
-from ccl.figures.cli import main as figures_main
 from ccl.bench.cli import main as bench_main
+from ccl.figures.cli import main as figures_main
 from ccl.reproduce.cli import main as reproduce_main
 from ccl.scripts import AUTOENCODER, CNN, MLP
-from conftest import REPO, accept_test_files
-from tiny_data import write_cifar10, write_cifar100, write_idx_dataset, write_stl10
 from utils.data.prepare import main as prepare_main
 
 DOCUMENTS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]

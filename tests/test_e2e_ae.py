@@ -4,20 +4,26 @@ import json
 
 import pytest
 import torch
+from conftest import REPO
 from PIL import Image
+from tiny_data import write_stl10
 
 import ccl.experiment as experiment
-from ccl.scripts import AUTOENCODER
 import models.autoencoder
 import utils.data.stl10 as stl10
-from conftest import REPO
-from tiny_data import write_stl10
 from ccl.cli import parse_command_line
+from ccl.figures.cli import main as figures_main
+from ccl.plots import (
+    LABEL_WIDTH,
+    PADDING,
+    RECONSTRUCTIONS,
+    TITLE_LINE_HEIGHT,
+    figure_indices,
+    save_reconstructions,
+)
+from ccl.scripts import AUTOENCODER
 from utils.data import load_splits
 from utils.data.recipes import ae_data
-from ccl.figures import (LABEL_WIDTH, PADDING, RECONSTRUCTIONS, TITLE_LINE_HEIGHT, figure_indices,
-                         save_reconstructions)
-from ccl.figures.cli import main as figures_main
 
 CONFIGS = {"BP": REPO / "yaml/cnn_ae/stl10_bp_legacy.yaml", "CCL": REPO / "yaml/cnn_ae/stl10_ccl_legacy.yaml"}
 # One training step of 2 images, then validation on 2 and test on 4: a forward pass of this

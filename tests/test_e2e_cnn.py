@@ -6,11 +6,11 @@ import subprocess
 import sys
 
 import pytest
-import yaml
+from conftest import REPO
 
 import ccl.experiment as experiment
+import yaml
 from ccl.scripts import CNN
-from conftest import REPO
 
 CONFIGS = sorted(path.stem for path in (REPO / "yaml/cnn").glob("*.yaml"))
 # one small step per epoch (the tiny training sets hold 45 CIFAR, 18 STL-10 or 54 digit images)

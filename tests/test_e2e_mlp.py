@@ -6,12 +6,12 @@ import sys
 
 import pytest
 import torch
-import yaml
-
-import ccl.experiment as experiment
-from ccl.scripts import MLP
 from conftest import REPO
 from runs import with_loss
+
+import ccl.experiment as experiment
+import yaml
+from ccl.scripts import MLP
 
 YAML = str(REPO / "yaml/mlp/mnist_ccl.yaml")
 

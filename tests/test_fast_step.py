@@ -9,15 +9,15 @@ thread); the golden tests compare both with the released code's numbers.
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import REPO
 from torch.nn.utils import clip_grad_norm_
 
-from ccl.scripts import CNN, MLP
+from ccl.config import build_config, read_yaml_sections
 from ccl.losses import flooding_keep_mask
 from ccl.optim import DualOptimizer
 from ccl.rules import ccl_loss
-from conftest import REPO
+from ccl.scripts import CNN, MLP
 from models import build_model
-from ccl.config import build_config, read_yaml_sections
 
 STEPS = 3
 
@@ -38,7 +38,7 @@ def released_loss(model, task, config, x, y):
         if config.architecture == "simple_linear":
             loss = loss + released_mlp_alignment(a, b, onehot, keep, config.loss_scale_C)
         else:
-            loss = loss + task.alignment(a, b, onehot, keep)
+            loss = loss + task.pair_loss(a, b, onehot, keep)
     return loss
 
 

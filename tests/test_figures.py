@@ -9,17 +9,18 @@ import matplotlib.image
 import numpy as np
 import pytest
 import torch
-import yaml
+from conftest import REPO
 
-from ccl import figures
-from ccl.figures.cli import main as figures_main
-from ccl.analysis import analyse
+import yaml
+from ccl import plots
 from ccl.cli import parse_command_line
 from ccl.config import config_yaml
+from ccl.figures.cli import main as figures_main
 from ccl.losses import mlp_pair_loss
-from ccl.rules import ccl_loss
+from ccl.measures import analyse
 from ccl.objectives import Classification
-from conftest import REPO
+from ccl.rules import ccl_loss
+from ccl.run_dir import ANALYSIS, BEST, METRICS, RESULTS, RunDir
 from models import LayerOptions, mlp
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -48,15 +49,15 @@ def _run(tmp_path, name, *, config="mlp/mnist_ccl", seed=2023, epochs=(0, 1, 2, 
     run.mkdir()
     (run / "config.yaml").write_text(yaml.safe_dump(
         {"method": {"method": "CCL"}, "training": {"seed": seed}, "run": {"yaml": f"yaml/{config}.yaml"}}))
-    _write_jsonl(run / figures.ANALYSIS, [_record(epoch) for epoch in epochs])
+    _write_jsonl(run / ANALYSIS, [_record(epoch) for epoch in epochs])
     metrics = [{"epoch": e, "step": 10 * e, "train_loss": 2.0 / e, "seconds": 1.0,
                 **{f"train_loss_{name}": 0.5 / e for name in ("output", "pair0", "pair1")},
                 **({"val_mse": 0.1 / e} if autoencoder else {"val_loss": 2.1 / e, "val_acc": 0.5 + e / 20})}
                for e in range(1, 4)]
-    _write_jsonl(run / figures.METRICS, metrics)
+    _write_jsonl(run / METRICS, metrics)
     weights = {"layer1.fwd.weight": torch.randn(128, in_channels, 3, 3), "layer1.bwd.weight": torch.randn(3)}
-    torch.save(weights, run / figures.BEST)
-    (run / figures.RESULTS).write_text(json.dumps({"status": "finished", "best_epoch": 3}))
+    torch.save(weights, run / BEST)
+    (run / RESULTS).write_text(json.dumps({"status": "finished", "best_epoch": 3}))
     return run
 
 
@@ -105,14 +106,14 @@ def _stepped_run(tmp_path, name, seed, steps=(0, 20, 40, 80, 160)):
     """A run measured at chosen steps (analysis_steps), the last of which ends epoch 1."""
     run = _run(tmp_path, name, config="cnn/mnist_ccl", seed=seed)
     records = [_record(1 if step == steps[-1] else None, LAYERS[:6], step=step) for step in steps]
-    _write_jsonl(run / figures.ANALYSIS, records)
+    _write_jsonl(run / ANALYSIS, records)
     return run, records
 
 
 def test_cka_of_several_seeds_draws_their_mean_and_its_changes(tmp_path, monkeypatch):
     runs = [_stepped_run(tmp_path, f"seed{seed}", seed) for seed in (1, 2, 3)]
     drawn = {}
-    original = figures.cka_figure
+    original = plots.cka_figure
 
     def keep(points, layers, title):
         drawn.update(points=points, layers=layers, title=title)
@@ -142,20 +143,20 @@ def test_cka_at_chosen_steps_and_a_step_that_was_not_measured(tmp_path, capsys):
 def test_mean_cka_averages_runs_cell_by_cell():
     first, second = _record(0, LAYERS[:2]), _record(1, LAYERS[:2])
     first["cka"][0][0], second["cka"][0][0] = 0.2, 0.6
-    assert figures.mean_cka([first, second])[0][0] == pytest.approx(0.4)
-    assert figures.mean_cka([first])[1][1] == first["cka"][1][1]
+    assert plots.mean_cka([first, second])[0][0] == pytest.approx(0.4)
+    assert plots.mean_cka([first])[1][1] == first["cka"][1][1]
 
 
 def test_cka_labels_name_the_input_and_the_target():
-    rows, columns = figures.cka_labels(["layer1", "layer2"])
+    rows, columns = plots.cka_labels(["layer1", "layer2"])
     assert rows == ["a0 input", "a1 layer1", "a2 layer2"]
     assert columns == ["b0 layer1", "b1 layer2", "b2 target"]
 
 
 def test_default_cka_epochs_are_first_one_five_and_last_where_analysed():
-    assert figures.default_cka_epochs([0, 1, 2, 5, 7]) == [0, 1, 5, 7]
-    assert figures.default_cka_epochs([0, 2, 4]) == [0, 4]
-    assert figures.default_cka_epochs([3]) == [3]
+    assert plots.default_cka_epochs([0, 1, 2, 5, 7]) == [0, 1, 5, 7]
+    assert plots.default_cka_epochs([0, 2, 4]) == [0, 4]
+    assert plots.default_cka_epochs([3]) == [3]
 
 
 def test_alignment_overlays_runs(tmp_path):
@@ -173,8 +174,8 @@ def test_kernels_of_rgb_and_greyscale_runs(tmp_path):
 def test_kernel_mosaic_scales_each_kernel_and_greys_single_channel_kernels():
     weight = torch.randn(10, 1, 3, 3) * torch.arange(1.0, 11.0)[:, None, None, None]
     weight[9] = 4.0  # a constant kernel
-    mosaic = figures.kernel_mosaic(weight, count=10)
-    assert mosaic.shape == (2 * 4 + 1, figures.KERNEL_COLUMNS * 4 + 1, 3)
+    mosaic = plots.kernel_mosaic(weight, count=10)
+    assert mosaic.shape == (2 * 4 + 1, plots.KERNEL_COLUMNS * 4 + 1, 3)
     first, constant = mosaic[1:4, 1:4], mosaic[5:8, 5:8]
     assert first.min() == 0.0 and first.max() == 1.0
     assert (first[..., 0] == first[..., 1]).all() and (first[..., 1] == first[..., 2]).all()
@@ -192,11 +193,11 @@ def test_curves_of_classification_and_autoencoder_runs(tmp_path, autoencoder):
 def test_curves_draw_each_loss_term_where_a_run_logged_them(tmp_path, monkeypatch):
     ccl, bp = _run(tmp_path, "ccl"), _run(tmp_path, "bp", config="mlp/mnist_bp")
     rows = [{key: value for key, value in json.loads(line).items() if not key.startswith("train_loss_")}
-            for line in (bp / figures.METRICS).read_text().splitlines()]
-    _write_jsonl(bp / figures.METRICS, rows)
-    assert figures.loss_terms(figures.metrics_rows(ccl)) == ["output", "pair0", "pair1"]
-    assert figures.loss_terms(rows) == []
-    figure = figures.curves_figure([("ccl", figures.metrics_rows(ccl)), ("bp", rows)])
+            for line in (bp / METRICS).read_text().splitlines()]
+    _write_jsonl(bp / METRICS, rows)
+    assert plots.loss_terms(RunDir(ccl).metrics_rows()) == ["output", "pair0", "pair1"]
+    assert plots.loss_terms(rows) == []
+    figure = plots.curves_figure([("ccl", RunDir(ccl).metrics_rows()), ("bp", rows)])
     assert len(figure.axes) == 3 and len(figure.axes[2].lines) == 3
     assert figures_main(["curves", str(ccl), str(bp)]) == 0
     _assert_png(ccl / "curves.png")
@@ -209,7 +210,7 @@ def test_grid_writes_beside_the_csv(tmp_path):
 
 
 def test_read_grid_parses_cells_and_leaves_empty_means_undefined(tmp_path):
-    cells = figures.read_grid(_grid_csv(tmp_path))
+    cells = plots.read_grid(_grid_csv(tmp_path))
     assert len(cells) == 29
     assert cells[0] == {"lr_F": 0.05, "lr_B": 0.0, "mean": 90.5, "std": 0.1, "n": 5}
     unrun = next(cell for cell in cells if cell["lr_B"] == 0.4)
@@ -224,7 +225,7 @@ def test_analyse_records_draw_as_they_come(tmp_path):
     x, y = torch.randn(8, 6), torch.randint(0, 3, (8,))
     run = tmp_path / "analysed"
     run.mkdir()
-    _write_jsonl(run / figures.ANALYSIS, [{"epoch": 0, **analyse(model, task, ccl_loss, x, y)}])
+    _write_jsonl(run / ANALYSIS, [{"epoch": 0, **analyse(model, task, ccl_loss, x, y)}])
     assert figures_main(["cka", str(run)]) == 0
     assert figures_main(["alignment", str(run)]) == 0
     _assert_png(run / "cka.png")
@@ -232,18 +233,18 @@ def test_analyse_records_draw_as_they_come(tmp_path):
 
 def test_titles_name_the_config_and_seed_or_else_the_directory(tmp_path):
     run = _run(tmp_path, "seed2023", config="cnn/cifar10_ccl", seed=7)
-    assert figures.run_title(run) == "cnn/cifar10_ccl, seed 7"
+    assert plots.run_title(run) == "cnn/cifar10_ccl, seed 7"
     (run / "config.yaml").unlink()
-    assert figures.run_title(run) == "seed2023"
+    assert plots.run_title(run) == "seed2023"
 
 
 # --- bad input -----------------------------------------------------------------------------
 def test_cka_of_a_run_without_analysis_records(tmp_path, capsys):
     run = _run(tmp_path, "ccl")
-    (run / figures.ANALYSIS).unlink()
+    (run / ANALYSIS).unlink()
     assert figures_main(["cka", str(run)]) == 2
     assert "no analysis.jsonl" in _error_line(capsys)
-    (run / figures.ANALYSIS).write_text("\n")
+    (run / ANALYSIS).write_text("\n")
     assert figures_main(["alignment", str(run)]) == 2
     assert "no records" in _error_line(capsys)
 
@@ -256,17 +257,17 @@ def test_cka_of_an_epoch_that_was_not_analysed(tmp_path, capsys):
 
 def test_records_that_are_not_json_or_lack_a_key(tmp_path, capsys):
     run = _run(tmp_path, "ccl")
-    (run / figures.ANALYSIS).write_text(json.dumps(_record(0)) + "\n{not json\n")
+    (run / ANALYSIS).write_text(json.dumps(_record(0)) + "\n{not json\n")
     assert figures_main(["cka", str(run)]) == 2
     assert "line 2: not JSON" in _error_line(capsys)
     record = _record(0)
     del record["grad_angle_deg"]
-    _write_jsonl(run / figures.ANALYSIS, [record])
+    _write_jsonl(run / ANALYSIS, [record])
     assert figures_main(["alignment", str(run)]) == 2
     assert "line 1: no grad_angle_deg" in _error_line(capsys)
     record = _record(0)
     record["cka"] = record["cka"][:-1]
-    _write_jsonl(run / figures.ANALYSIS, [record])
+    _write_jsonl(run / ANALYSIS, [record])
     assert figures_main(["cka", str(run)]) == 2
     assert "cka is not 9 x 9" in _error_line(capsys)
 
@@ -278,21 +279,21 @@ def test_missing_run_directory(tmp_path, capsys):
 
 def test_kernels_of_a_run_without_weights(tmp_path, capsys):
     bp, ccl = _run(tmp_path, "bp"), _run(tmp_path, "ccl")
-    (ccl / figures.BEST).unlink()
+    (ccl / BEST).unlink()
     assert figures_main(["kernels", str(bp), str(ccl)]) == 2
     assert "no best.pt" in _error_line(capsys)
-    torch.save({"layer2.fwd.weight": torch.zeros(2)}, ccl / figures.BEST)
+    torch.save({"layer2.fwd.weight": torch.zeros(2)}, ccl / BEST)
     assert figures_main(["kernels", str(bp), str(ccl)]) == 2
     assert "no layer1.fwd.weight" in _error_line(capsys)
-    torch.save({"layer1.fwd.weight": torch.zeros(4, 784)}, ccl / figures.BEST)
+    torch.save({"layer1.fwd.weight": torch.zeros(4, 784)}, ccl / BEST)
     assert figures_main(["kernels", str(bp), str(ccl)]) == 2
     assert "has shape (4, 784)" in _error_line(capsys)
     for weights, problem in (({"layer1.fwd.weight": "w"}, "'layer1.fwd.weight' is a str, not a tensor"),
                              ([torch.zeros(2)], "it holds a list")):
-        torch.save(weights, ccl / figures.BEST)
+        torch.save(weights, ccl / BEST)
         assert figures_main(["kernels", str(bp), str(ccl)]) == 2
-        assert f"{ccl / figures.BEST} does not hold this run's weights: {problem}" in _error_line(capsys)
-    (ccl / figures.BEST).write_bytes(b"not a checkpoint")
+        assert f"{ccl / BEST} does not hold this run's weights: {problem}" in _error_line(capsys)
+    (ccl / BEST).write_bytes(b"not a checkpoint")
     assert figures_main(["kernels", str(bp), str(ccl)]) == 2
     assert "not a readable state dict" in _error_line(capsys)
 
@@ -360,7 +361,7 @@ def test_tsne_fits_forward_and_feedback_points_together_with_a_fixed_seed():
     pytest.importorskip("sklearn", reason="tsne needs scikit-learn (pip install scikit-learn)")
     generator = np.random.default_rng(0)
     forward, feedback = generator.normal(size=(40, 5)), generator.normal(size=(4, 5))
-    first, again = figures.fit_tsne(forward, feedback), figures.fit_tsne(forward, feedback)
+    first, again = plots.fit_tsne(forward, feedback), plots.fit_tsne(forward, feedback)
     assert first[0].shape == (40, 2) and first[1].shape == (4, 2)
     assert np.array_equal(first[0], again[0]) and np.array_equal(first[1], again[1])
 

@@ -6,13 +6,13 @@ import json
 
 import pytest
 import torch
-
-import ccl.experiment as experiment
-from ccl.scripts import CNN, cnn_objective
-from ccl.bench.cases import load_config
-from ccl.losses import cnn_pair_loss, fused_cnn_pair_loss
 from conftest import REPO
 from golden import assert_steps_match, golden_model_and_objective, load_fixture
+
+import ccl.experiment as experiment
+from ccl.bench.cases import load_config
+from ccl.losses import cnn_pair_loss, fused_cnn_pair_loss
+from ccl.scripts import CNN, cnn_objective
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 SCALES = {"loss_scale_C": 0.7, "loss_scale_ssl": 0.3}
@@ -58,7 +58,7 @@ def test_golden_cnn_steps_are_reproduced():
         return cnn_objective(config.replace(fused_pair_loss=1), num_classes)
 
     config, model, task = golden_model_and_objective(golden, make_task)
-    assert task.alignment.func is fused_cnn_pair_loss
+    assert task.pair_loss.func is fused_cnn_pair_loss
     assert_steps_match(golden, config, model, task)
 
 

@@ -5,9 +5,9 @@ centralisation and clipping. The fixtures start from a seeded recipe rather than
 init, under which most of these gradients would be zero or tiny; test_autoencoder.py tests that
 init."""
 import pytest
+from golden import assert_steps_match, bn_removed_biases, golden_model_and_objective, load_fixture
 
 import models.autoencoder
-from golden import assert_steps_match, bn_removed_biases, golden_model_and_objective, load_fixture
 from ccl.scripts import ae_objective as make_task
 
 OUTPUT_MAP_BIASES = {"layer8.fwd.bias", "layer1.bwd.bias"}  # the two maps without BN

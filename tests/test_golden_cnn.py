@@ -4,11 +4,11 @@ gradient centralisation, clipping and flooding, as main_class_cnn.py builds them
 steps of the strided `cnn` (cnn_cifar10_bp.pt)."""
 import pytest
 import torch
-
 from golden import assert_matches_summary, assert_steps_match, golden_model_and_objective, load_fixture
+
+from ccl.config import build_config
 from ccl.scripts import cnn_objective as make_task
 from models import build_model
-from ccl.config import build_config
 
 
 @pytest.fixture(scope="module")

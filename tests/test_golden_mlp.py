@@ -3,13 +3,13 @@ mlp_mnist_bp.pt), and so do the pair losses alone (local_losses.pt)."""
 import pytest
 import torch
 import torch.nn.functional as F
+from golden import assert_matches_summary, assert_steps_match, golden_model_and_objective, load_fixture
 
+from ccl.config import build_config
 from ccl.losses import ae_pair_loss, cnn_pair_loss, flooding_keep_mask, mlp_pair_loss
 from ccl.optim import DualOptimizer
-from golden import assert_matches_summary, assert_steps_match, golden_model_and_objective, load_fixture
 from ccl.scripts import mlp_objective as make_task
 from models import build_model
-from ccl.config import build_config
 
 CASES = load_fixture("local_losses.pt")
 

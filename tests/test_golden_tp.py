@@ -18,14 +18,14 @@ import functools
 
 import pytest
 import torch
+from conftest import REPO
 from golden import FIXTURES, apply_init_recipe, assert_matches_summary
 
 from ccl.config import build_config, read_yaml_sections
 from ccl.optim import DualOptimizer
 from ccl.rules import RULES
-from ccl.target_prop import batch_standardise, forward_pass, identity
-from conftest import REPO
-from models.layers import LayerOptions
+from ccl.target_prop import forward_pass, identity
+from models.layers import LayerOptions, batch_standardise
 from models.mlp import mlp
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -5,11 +5,11 @@ import csv
 from pathlib import Path
 
 import pytest
+from conftest import REPO
+from runs import write_results
 
 from ccl.figures.cli import main as figures_main
 from ccl.reproduce.cli import main
-from conftest import REPO
-from runs import write_results
 
 YAML = str(REPO / "yaml/mlp/mnist_ccl.yaml")
 

@@ -6,12 +6,12 @@ feedback map l on the feedback maps below it. Backprop, the control, fails the f
 """
 import pytest
 import torch
+from golden import load_fixture
 
+from ccl.config import build_config
 from ccl.rules import bp_loss, ccl_loss
 from ccl.scripts import mlp_objective as make_task
 from models import LayerOptions, mlp
-from ccl.config import build_config
-from golden import load_fixture
 
 SIZES = [20, 16, 16, 16, 5]
 
@@ -79,9 +79,9 @@ def test_each_map_gets_exactly_its_own_pairs_gradient():
         fwd, bwd = model.get_submodule(f"layer{layer}").fwd.weight, model.get_submodule(f"layer{layer}").bwd.weight
         a, b = activations[layer], signals[layer]
         own_forward = (torch.nn.functional.cross_entropy(a, y) if layer == top
-                       else task.alignment(a, b, onehot, None))
+                       else task.pair_loss(a, b, onehot, None))
         expected_fwd, = torch.autograd.grad(own_forward, fwd, retain_graph=True)
         torch.testing.assert_close(total[f"layer{layer}.fwd.weight"], expected_fwd)
-        own_feedback = task.alignment(activations[layer - 1], signals[layer - 1], onehot, None)
+        own_feedback = task.pair_loss(activations[layer - 1], signals[layer - 1], onehot, None)
         expected_bwd, = torch.autograd.grad(own_feedback, bwd, retain_graph=True)
         torch.testing.assert_close(total[f"layer{layer}.bwd.weight"], expected_bwd)

@@ -9,11 +9,11 @@ import sys
 import types
 
 import pytest
-import yaml
+from runs import MLP_YAML, run_mlp
 
+import yaml
 from ccl.cli import parse_command_line
 from ccl.trainer import Trainer
-from runs import MLP_YAML, run_mlp
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

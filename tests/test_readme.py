@@ -3,8 +3,8 @@ the commands it gives name files that exist."""
 import re
 
 import pytest
-
 from conftest import REPO
+
 from ccl.cli import build_parser
 from ccl.config import KEYS
 

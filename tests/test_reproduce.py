@@ -9,15 +9,15 @@ import sys
 import time
 
 import pytest
+from conftest import REPO
+from runs import write_results
 
 import ccl.experiment as experiment
-from ccl.scripts import MLP
 from ccl.reproduce.cli import main
 from ccl.reproduce.paper import TABLES
 from ccl.reproduce.table import collect, markdown, table_rows, write_tables
+from ccl.scripts import MLP
 from ccl.trainer import Trainer
-from conftest import REPO
-from runs import write_results
 
 YAML = str(REPO / "yaml/mlp/mnist_ccl.yaml")
 

@@ -14,14 +14,14 @@ import signal
 
 import pytest
 import torch
-import yaml
-
-import utils.data.mnist as mnist
-from ccl.scripts import MLP
-from ccl.experiment import main
-from ccl.rules import RULES
 from runs import MLP_YAML, outcome, run_mlp, start_mlp, wait_for_file, with_loss
 from tiny_data import write_checksum_file, write_idx_dataset
+
+import utils.data.mnist as mnist
+import yaml
+from ccl.experiment import main
+from ccl.rules import RULES
+from ccl.scripts import MLP
 from utils.data import BatchLoader
 
 EPOCHS = 6

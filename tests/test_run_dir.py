@@ -10,13 +10,13 @@ import time
 
 import pytest
 import torch
+from conftest import REPO
+from runs import MLP_YAML, ONE_THREAD, outcome, run_mlp, start_mlp, wait_for_file
+from tiny_data import write_checksum_file, write_idx_dataset
 
 import utils.data.mnist as mnist
 import utils.io
 from ccl.run_dir import LOCK, OUTPUTS, RunDir
-from conftest import REPO
-from runs import ONE_THREAD, MLP_YAML, outcome, run_mlp, start_mlp, wait_for_file
-from tiny_data import write_checksum_file, write_idx_dataset
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

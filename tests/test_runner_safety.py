@@ -11,6 +11,8 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import REPO
+from runs import write_results
 
 import ccl.reproduce.cluster as cluster
 import ccl.reproduce.runner as runner
@@ -19,8 +21,6 @@ from ccl.figures.cli import main as figures_main
 from ccl.reproduce.cli import main
 from ccl.reproduce.runner import Run, planned_config
 from ccl.run_dir import RunDir
-from conftest import REPO
-from runs import write_results
 
 YAML = str(REPO / "yaml/mlp/mnist_ccl.yaml")
 

@@ -29,7 +29,7 @@ METHODS = tuple(FILES)
 
 
 def _chi(method: str):
-    return target_prop.batch_standardise if method == "FWDTP-BN" else target_prop.identity
+    return batch_standardise if method == "FWDTP-BN" else target_prop.identity
 
 
 def _phase(config, model, **kwargs) -> FeedbackPhase:

@@ -2,8 +2,8 @@
 seed fixes the random ones."""
 import pytest
 import torch
-
 from conftest import REPO
+
 from ccl.cli import parse_command_line
 from ccl.config import TASK_TRANSFORMS as TASK_NAMES
 from utils.data import Splits

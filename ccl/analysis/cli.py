@@ -21,9 +21,9 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from ccl.analysis import analyse, probe_batch, weight_changes
 from ccl.cli import resolve_device
-from ccl.run_dir import ANALYSIS_OF_BEST, PRIMARY_SELECTION, RunDir
+from ccl.measures import analyse, probe_batch, weight_changes
+from ccl.run_dir import ANALYSIS_OF_BEST, RunDir
 from ccl.scripts import rebuild
 from utils.errors import ConfigError, UserError
 from utils.io import WriteError, write_json
@@ -45,16 +45,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def best_epoch(run_dir: RunDir, config) -> int | None:
-    """The epoch of best.pt: results.json's, or the checkpoint's for a run that has not ended."""
-    results = run_dir.read_results()
-    if results is not None:
-        return results.get("best_epoch")
-    checkpoint = run_dir.load_checkpoint(config)
-    best = (checkpoint or {}).get("best") or {}
-    return best.get(PRIMARY_SELECTION, best).get("epoch")  # before the selections: one record
-
-
 def analyse_best(run_dir: RunDir, split: str, samples: int, data_root: Path | None, device: str) -> dict:
     if samples < 1:
         raise ConfigError(f"--samples {samples}: the probe batch needs at least 1 image")
@@ -64,7 +54,7 @@ def analyse_best(run_dir: RunDir, split: str, samples: int, data_root: Path | No
     run_dir.load_best_into(experiment.model)
     loader = getattr(experiment.data, split)
     inputs, targets = probe_batch(loader, samples, experiment.config.seed)
-    return {"epoch": best_epoch(run_dir, experiment.config), "split": split, "samples": len(targets),
+    return {"epoch": run_dir.best_epoch(experiment.config), "split": split, "samples": len(targets),
             **analyse(experiment.model, experiment.objective, experiment.rule.loss, inputs, targets),
             "weight_change": weight_changes(experiment.model, initial)}
 

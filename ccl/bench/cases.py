@@ -15,12 +15,12 @@ from ccl.config import Config, build_config, read_yaml_sections
 from ccl.experiment import Experiment, Script, build
 from ccl.objectives import in_order_sum
 from ccl.optim import DualOptimizer
-from ccl.trainer import Training, train_step
 from ccl.scripts import BY_CONFIG_FOLDER
+from ccl.trainer import Training, train_step
 from utils.data import SOURCE_OF, SOURCES, Splits
 from utils.data.datasets import VAL_FRACTION
-from utils.provenance import REPO_ROOT
 from utils.errors import ConfigError
+from utils.provenance import REPO_ROOT
 
 # benchmark case -> the released CCL config it trains
 CASES = {

@@ -5,8 +5,8 @@ from collections.abc import Sequence
 
 from ccl.bench.epoch import EpochResult, PipelineResult
 from ccl.bench.flops import FlopsResult
-from ccl.reproduce.paper import TABLE2_MFLOPS
 from ccl.bench.steps import PHASES, StepResult
+from ccl.reproduce.paper import TABLE2_MFLOPS
 
 
 def table(header: Sequence[str], rows: Sequence[Sequence]) -> str:

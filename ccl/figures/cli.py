@@ -1,5 +1,5 @@
-"""`python -m ccl.figures COMMAND ...`: the figures of ccl/figures/__init__.py from run
-directories and grid CSVs (the commands are listed there)."""
+"""`python -m ccl.figures COMMAND ...`: the figures of ccl/plots.py from run directories
+(read through ccl/run_dir.py) and grid CSVs; the commands are listed in ccl/figures/__init__.py."""
 from __future__ import annotations
 
 import argparse
@@ -9,12 +9,29 @@ from pathlib import Path
 
 import torch
 
-from ccl.analysis import probe_batch
 from ccl.cli import resolve_device
-from ccl.figures import (alignment_figure, analysis_records, best_epoch, cka_figure, curves_figure,
-                         default_cka_points, mean_cka, runs_title, first_layer_kernels, grid_figure, kernels_figure,
-                         fit_tsne, metrics_rows, paired_embeddings, read_grid, tsne_figure, run_title, save_comparison, save_png,
-                         save_reconstructions, validation_metric)
+from ccl.measures import probe_batch
+from ccl.plots import (
+    alignment_figure,
+    best_epoch_or_none,
+    cka_figure,
+    curves_figure,
+    default_cka_points,
+    first_layer_kernels,
+    fit_tsne,
+    grid_figure,
+    kernels_figure,
+    mean_cka,
+    paired_embeddings,
+    read_grid,
+    run_title,
+    runs_title,
+    save_comparison,
+    save_png,
+    save_reconstructions,
+    tsne_figure,
+    validation_metric,
+)
 from ccl.run_dir import ANALYSIS, BEST, FIGURES, METRICS, RunDir
 from ccl.scripts import rebuild
 from utils.data.recipes import Data
@@ -23,7 +40,7 @@ from utils.io import WriteError
 
 
 def draw_cka(args) -> Path:
-    runs = [(run, analysis_records(run)) for run in args.runs]
+    runs = [(run, RunDir(run).analysis_records()) for run in args.runs]
     if args.steps:
         key, points = "step", args.steps
     elif args.epochs:
@@ -52,7 +69,7 @@ def draw_cka(args) -> Path:
 def draw_alignment(args) -> Path:
     runs = []
     for run in args.runs:
-        records = [record for record in analysis_records(run) if record["epoch"] is not None]
+        records = [record for record in RunDir(run).analysis_records() if record["epoch"] is not None]
         if not records:
             raise ConfigError(f"{run / ANALYSIS} has no record of an epoch (alignment draws epochs)")
         runs.append((run_title(run), records))
@@ -64,14 +81,14 @@ def draw_kernels(args) -> Path:
         raise ConfigError(f"--count {args.count}: draw at least one kernel")
     panels = []
     for run in args.runs:
-        weight, epoch = first_layer_kernels(run), best_epoch(run)
+        weight, epoch = first_layer_kernels(run), best_epoch_or_none(run)
         panels.append((f"{run_title(run)}\n{BEST}" + (f", epoch {epoch}" if epoch is not None else ""),
                        weight))
     return save_png(kernels_figure(panels, args.count), args.out or args.runs[0] / FIGURES["kernels"])
 
 
 def draw_curves(args) -> Path:
-    runs = [(run_title(run), metrics_rows(run)) for run in args.runs]
+    runs = [(run_title(run), RunDir(run).metrics_rows()) for run in args.runs]
     metric = validation_metric(runs[0][1])
     for run, (_, rows) in zip(args.runs, runs):
         if metric not in rows[0]:

@@ -10,13 +10,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from ccl.cli import DEFAULT_DATA_ROOT, resolve_device
+from ccl.config import KEYS, check_value, closest, parse_cli_value, read_yaml_sections
 from ccl.reproduce.cluster import EXECUTORS, Cluster, active_job, submit_all
 from ccl.reproduce.paper import PROCEDURES, TABLES, configs_of
 from ccl.reproduce.runner import Settings, check_unchanged, only_runner, plan_runs, report, run_all
 from ccl.reproduce.table import SELECTIONS, check_runs_root, write_grid_tables, write_tables
 from ccl.run_dir import PRIMARY_SELECTION
-from ccl.cli import DEFAULT_DATA_ROOT, resolve_device
-from ccl.config import KEYS, check_value, closest, parse_cli_value, read_yaml_sections
 from utils.data.datasets import SOURCE_OF
 from utils.data.files import prepare_hint
 from utils.data.prepare import is_ready

@@ -42,8 +42,8 @@ from ccl.reproduce.paper import released_procedure
 from ccl.run_dir import READ_ONLY, UNREADABLE, Damaged, RunDir
 from ccl.scripts import BY_CONFIG_FOLDER
 from ccl.trainer import StopRequests
-from utils.provenance import REPO_ROOT
 from utils.errors import ConfigError, UserError
+from utils.provenance import REPO_ROOT
 
 POLL_SECONDS = 0.2
 BUSY = "busy"  # another process holds the run directory's lock
@@ -167,7 +167,7 @@ def check_unchanged(runs: Sequence[Run]) -> None:
     more = f"\n  ... and {len(changed) - 5} more" if len(changed) > 5 else ""
     raise ConfigError(f"{len(changed)} run(s) were trained with another config than the one they would "
                       f"run now (saved -> now):\n  " + "\n  ".join(lines) + more + "\nrestore the config, "
-                      f"or move those run directories away (or give another --runs_root) to train it")
+                      "or move those run directories away (or give another --runs_root) to train it")
 
 
 def check_name_lengths(run_dir: Path) -> None:

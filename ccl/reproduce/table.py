@@ -25,12 +25,12 @@ from pathlib import Path
 from typing import Any
 
 from ccl.config import KEYS, read_yaml_sections
-from ccl.reproduce.paper import METHOD_ORDER, PAPER, TABLES, Table, Target, released_procedure, targets_of
 from ccl.objectives import Classification
+from ccl.reproduce.paper import METHOD_ORDER, PAPER, TABLES, Table, Target, released_procedure, targets_of
 from ccl.run_dir import LAST_EPOCH, PRIMARY_SELECTION, RESULTS, Damaged, RunDir
-from utils.provenance import REPO_ROOT
 from utils.errors import ConfigError, UserError
 from utils.io import write_text
+from utils.provenance import REPO_ROOT
 
 # config folder -> the table its runs belong to (configs the paper gives no number for are
 # listed there too, without the paper's value)

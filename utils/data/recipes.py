@@ -7,8 +7,7 @@ from dataclasses import dataclass
 from utils.data.datasets import Splits
 from utils.data.loader import BatchLoader, classification_batch, reconstruction_batch
 from utils.data.task_transforms import TASK_TRANSFORMS
-from utils.data.transforms import (Compose, Normalize, RandomCrop, Resize, flatten, random_hflip,
-                                   to_unit_range)
+from utils.data.transforms import Compose, Normalize, RandomCrop, Resize, flatten, random_hflip, to_unit_range
 from utils.seed import Stream, stream_seed
 
 EVAL_BATCH_FACTOR = 4  # evaluation batches are larger: no gradients are kept
