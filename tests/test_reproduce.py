@@ -180,7 +180,7 @@ def test_table_command_prints_markdown_and_writes_csv(synthetic_runs, tmp_path, 
     for table in TABLES.values():
         assert f"### {table.title}" in out
     rows = list(csv.DictReader(open(tmp_path / "results/table1.csv")))
-    assert len(rows) == 16 + 1  # the paper's rows (BP, FA, DFA, CCL x 4 datasets) and the epochs=1 variant
+    assert len(rows) == 32 + 1  # the paper's rows (8 rules x 4 datasets) and the epochs=1 variant
     ccl = next(row for row in rows if row["config"] == "mlp/mnist_ccl" and not row["overrides"])
     assert (ccl["n"], ccl["ours_mean"], ccl["ours_std"], ccl["paper_mean"], ccl["flag"]) == \
         ("3", "98.0", "1.0", "98.13", "0")
@@ -294,23 +294,26 @@ def test_table1_shows_the_baselines_by_dataset_beside_the_papers(synthetic_runs)
     rows = table_rows(TABLES["table1"], collect(synthetic_runs))
     mnist = [(row.method, row.target.note if row.target else None) for row in rows
              if row.dataset == "MNIST" and not row.overrides]
-    assert mnist == [("BP", ""), ("FA", ""), ("DFA", "DFA or DTP"), ("DRTP", None), ("CCL", "")]
+    assert mnist == [("BP", ""), ("FA", ""), ("DFA", ""), ("DRL", ""), ("L-DRL", ""), ("FW-DTP", ""),
+                     ("DRTP", ""), ("CCL", "")]  # DTP and FWDTP-BN have no number, nor runs here
     text = markdown(TABLES["table1"], rows)
     assert "| MNIST | FA | mlp/mnist_fa | both | 96.00 (n=1) | 96.96 +- 0.05 | -0.96 | yes |" in text
-    assert "97.27 +- 0.06 (DFA or DTP)" in text
+    assert "| MNIST | DRTP | mlp/mnist_drtp | both | 95.00 (n=1) | 92.16 +- 0.18 |" in text
 
 
 def test_table1_runs_every_rule_and_a_dry_run_sums_up_and_warns_of_missing_data(tiny_mnist, tmp_path, capsys):
-    """Table 1 has a DRTP row, so --table table1 runs the DRTP configs too: 20 configs. The dry
-    run ends with how many runs there are and warns of each dataset not under --data_root."""
+    """Table 1 has every rule's row (DTP and FWDTP-BN beside them, unnumbered): --table table1 runs
+    10 configs per dataset, 40. The dry run ends with how many runs there are and warns of each
+    dataset not under --data_root."""
     write_results(tmp_path / "runs", "mlp/mnist_drtp", 1, test_acc=0.9)
     assert main(["run", "--table", "table1", "--seeds", "1", "--runs_root", str(tmp_path / "runs"),
                  "--data_root", str(tiny_mnist[0]), "--dry_run", "--devices", "cpu"]) == 0
     printed = capsys.readouterr()
     configs = [line.split("--yaml ")[1].split()[0] for line in printed.out.splitlines()]
-    assert len(configs) == 20 and {f"yaml/mlp/{d}_drtp.yaml" for d in ("mnist", "fmnist", "cifar10", "cifar100")} \
-        <= set(configs)
+    rules = ("bp", "fa", "dfa", "drl", "ldrl", "fwdtp", "dtp", "fwdtp_bn", "drtp", "ccl")
+    assert sorted(configs) == sorted(f"yaml/mlp/{data}_{rule}.yaml" for data in ("mnist", "fmnist", "cifar10",
+                                                                                 "cifar100") for rule in rules)
     warnings = [line for line in printed.err.splitlines() if line.startswith("warning: ")]
     assert [line.split()[1] for line in warnings] == ["CIFAR10", "CIFAR100", "FashionMNIST"]  # MNIST is there
     assert f"`python prepare_data.py CIFAR10 --data_root {tiny_mnist[0]}`" in warnings[0]
-    assert printed.err.strip().splitlines()[-1] == "20 runs from 20 configs, 1 finished"
+    assert printed.err.strip().splitlines()[-1] == "40 runs from 40 configs, 1 finished"
