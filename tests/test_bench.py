@@ -1,11 +1,12 @@
 """`python -m ccl.bench --quick`: every section runs on tiny batches and writes its tables and
 JSON. The numbers themselves are not checked: they depend on the machine."""
 import json
+import math
 
 import pytest
 import torch
 
-from ccl.bench.cases import METHODS
+from ccl.bench.cases import METHODS, official_split_sizes
 from ccl.bench.cli import main
 from ccl.bench.steps import PHASES
 
@@ -103,3 +104,26 @@ def test_cuda_events_and_peak_memory(tmp_path):
     for row in json.loads(out.read_text())["steps"]:
         assert row["step_ms"] > 0 and row["peak_mb"] > 0 and all(t >= 0 for t in row["split_ms"].values())
         assert sum(op["ms_per_step"] for op in row["operators"]) > 0
+
+
+def test_target_propagation_against_bp(tmp_path, capsys):
+    """--tp times the trainer's step of BP and every TP rule, each on its own config, and prices
+    a 5-seed row from the step, the feedback call and the config's epochs."""
+    code, results = bench(tmp_path, "--tp")
+    assert code == 0
+    rows = {row["method"]: row for row in results["tp_steps"]}
+    assert list(rows) == ["BP", "DTP", "DRL", "L-DRL", "FWDTP-BN", "FW-DTP"]
+    for method, row in rows.items():
+        trains_feedback = method in ("DTP", "DRL", "L-DRL")
+        assert row["step_ms"] > 0 and row["batch_size"] == 4 and row["epochs"] == 100
+        assert (row["feedback_call_ms"] > 0) == trains_feedback == (row["pretrain_epochs"] == 5)
+        expected = 5 * row["steps_per_epoch"] * (100 * row["step_ms"] + row["pretrain_epochs"]
+                                                 * row["feedback_call_ms"]) / 1000 / 3600
+        assert row["row_hours"] == pytest.approx(expected)
+    assert rows["BP"]["steps_per_epoch"] == math.ceil(official_split_sizes("MNIST")[0] / 4)
+    assert "/BP per sample" in capsys.readouterr().out
+
+
+def test_target_propagation_is_timed_on_the_mlps_only(capsys):
+    assert main(["--tp", "--archs", "cnn", "--device", "cpu"]) == 2
+    assert "--tp times the MLPs only" in capsys.readouterr().err

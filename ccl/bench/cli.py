@@ -12,10 +12,11 @@ from ccl.acceleration import SPEED_KEYS
 from ccl.bench import report
 from ccl.bench.cases import CASES
 from ccl.bench.epoch import benchmark_epoch, compare_pipelines, load_mnist
-from ccl.bench.flops import FLOPS_ARCHS, count_flops, count_tp_flops
+from ccl.bench.flops import FLOPS_ARCHS, TP_FLOPS_CONFIGS, count_flops, count_tp_flops
 from ccl.bench.numerics import STEPS as NUMERICS_STEPS
 from ccl.bench.numerics import compare
 from ccl.bench.steps import Settings, benchmark_architecture
+from ccl.bench.tp import time_tp_steps
 from ccl.cli import DEFAULT_DATA_ROOT, resolve_device
 from ccl.config import KEYS
 from utils.errors import ConfigError, DataError, UserError
@@ -26,6 +27,7 @@ PROG = "python -m ccl.bench"
 # --quick, for the test suite (its numbers mean nothing): batches of 4, one repeat of 2 steps
 # after 1 warm-up step, one epoch of 8 training images, the pipelines compared on 512 images
 QUICK_BATCH, QUICK_STEPS, QUICK_EPOCH_SIZES, QUICK_PIPELINE_IMAGES = 4, 2, (8, 4, 4), 512
+TP_STEPS = 5  # steps per repeat of --tp: a TP step is long
 QUICK_NOTE = ("--quick is a smoke test (batches of 4, 2 timed steps, an epoch of 8 images): its numbers "
               "mean nothing, speed-ups and ratios included; run without --quick to measure")
 DEFAULTS = {"archs": list(CASES), "repeats": 5, "steps": None, "warmup": 3,
@@ -62,6 +64,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="how far the speed-ups chosen (--compile 1, --precision bf16, "
                             "--fused_pair_loss 1) move the numbers: a few CCL steps of each of "
                             "--archs against the default float32 step")
+    other.add_argument("--tp", action="store_true",
+                       help="time the training step of BP and of every target-propagation rule on "
+                            "their MNIST (or --archs mlp_cifar10) configs, side by side, and the cost "
+                            "of a full Table 1 row (5 seeds) of each")
     other.add_argument("--flops", action="store_true",
                        help="count the training FLOPs per sample of one step of every rule (BP, CCL "
                             "and the baselines) on --archs (default: the MLPs at batch 32 and the "
@@ -90,13 +96,20 @@ def check(args: argparse.Namespace) -> None:
         raise ConfigError("--epoch and --numerics are two separate measurements: run them one at a time")
     if args.flops and (args.epoch or args.numerics):
         raise ConfigError("--flops is a measurement of its own: run it without --epoch and --numerics")
+    if args.tp and (args.epoch or args.numerics or args.flops):
+        raise ConfigError("--tp is a measurement of its own: run it without --epoch, --numerics and --flops")
+    if args.tp and args.archs is None:
+        args.archs = ["mlp_mnist"]
+    if args.tp and set(args.archs) - set(TP_FLOPS_CONFIGS):
+        raise ConfigError(f"--tp times the MLPs only: --archs {' '.join(TP_FLOPS_CONFIGS)}")
     if args.flops and args.compile:
         raise ConfigError("--flops counts the products of the eager step (FlopCounterMode sees none "
                           "inside compiled code): leave out --compile")
     given = [name for name in DEFAULTS if getattr(args, name) not in (None, False)
-             and not ((args.numerics or args.flops) and name == "archs")]
+             and not ((args.numerics or args.flops) and name == "archs")
+             and not (args.tp and name in ("archs", "repeats", "steps", "warmup"))]
     mode = ("--epoch" if args.epoch else "--numerics" if args.numerics
-            else "--flops" if args.flops else None)
+            else "--flops" if args.flops else "--tp" if args.tp else None)
     if mode and given:
         raise ConfigError(f"{', '.join('--' + n for n in given)} do not apply to {mode}")
     if args.numerics and all(getattr(args, name) == KEYS[name].default for name in SPEED_KEYS):
@@ -137,6 +150,13 @@ def run(args: argparse.Namespace) -> dict:
               f"relative difference of a parameter (to its change in training) and of a loss\n"
               + report.numerics_table(numerics))
         return {**results, "numerics": numerics}
+    if args.tp:
+        tp_steps = [result for arch in args.archs for result in
+                    time_tp_steps(arch, device, settings.repeats, settings.steps or TP_STEPS, settings.warmup,
+                                  QUICK_BATCH if args.quick else None)]
+        print("\nTarget propagation against BP: the trainer's step (the feedback phase included), "
+              "median of the repeats, on synthetic images\n" + report.tp_steps_table(tp_steps))
+        return {**results, "tp_steps": [result.as_dict() for result in tp_steps]}
     if args.flops:
         flops = count_flops(args.archs, speed_keys, device)
         print("\nTraining FLOPs of one step, millions per sample (FlopCounterMode: matrix products "

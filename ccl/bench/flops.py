@@ -18,7 +18,10 @@ matrix in every forward map and back-propagates each layer's loss through every 
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import os
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -45,10 +48,11 @@ class FlopsResult:
     loss_flops: int  # forward, feedback and layer losses
     backward_flops: int
     update_flops: int
+    feedback_phase_flops: int = 0  # target propagation: the K feedback calls before the step
 
     @property
     def step_flops(self) -> int:
-        return self.loss_flops + self.backward_flops
+        return self.feedback_phase_flops + self.loss_flops + self.backward_flops
 
     def per_sample(self, flops: int) -> float:
         return flops / self.batch / 1e6
@@ -56,6 +60,7 @@ class FlopsResult:
     def as_dict(self) -> dict:
         return {"arch": self.arch, "method": self.method, "batch": self.batch,
                 "mflops_per_sample": self.per_sample(self.step_flops),
+                "feedback_phase_mflops_per_sample": self.per_sample(self.feedback_phase_flops),
                 "loss_mflops_per_sample": self.per_sample(self.loss_flops),
                 "backward_mflops_per_sample": self.per_sample(self.backward_flops),
                 "update_mflops_per_sample": self.per_sample(self.update_flops),
@@ -108,9 +113,25 @@ PROFILED_OPS = ("aten::mm", "aten::mul", "aten::add")
 
 def profiled(function: Callable[[], object]) -> int:
     """torch.profiler's FLOPs of `function()`: its matrix products and elementwise mul and add."""
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], with_flops=True) as profile:
+    with _native_stderr_silenced(), torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU],
+                                                           with_flops=True) as profile:
         function()
     return sum(event.flops for event in profile.events() if event.name in PROFILED_OPS)
+
+
+@contextmanager
+def _native_stderr_silenced() -> Iterator[None]:
+    """The profiler's native code writes a start and a stop line to the process's stderr for
+    every profile; Python's own errors still raise as usual."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with open(os.devnull, "w") as nowhere:
+        os.dup2(nowhere.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
 
 
 def count_tp_flops(archs: Sequence[str], device) -> list[FlopsResult]:
@@ -128,9 +149,10 @@ def count_tp_flops(archs: Sequence[str], device) -> list[FlopsResult]:
                               device)
             inputs, targets = next(iter(case.experiment.data.train.epoch(0)))
             phase = case.experiment.feedback_phase
+            feedback_flops = profiled(lambda: phase.step(inputs, targets)) if phase else 0
             holder = []
-            loss_flops = profiled(lambda: (phase.step(inputs, targets) if phase else None,
-                                           holder.append(case.loss(inputs, targets))))
+            loss_flops = profiled(lambda: holder.append(case.loss(inputs, targets)))
             backward_flops = profiled(lambda: holder[0].backward())
-            results.append(FlopsResult(arch, method, len(targets), loss_flops, backward_flops, 0))
+            results.append(FlopsResult(arch, method, len(targets), loss_flops, backward_flops, 0,
+                                       feedback_flops))
     return results

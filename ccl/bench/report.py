@@ -91,10 +91,20 @@ def flops_table(results: Sequence[FlopsResult]) -> str:
     rows = []
     for r in results:
         paper = TABLE2_MFLOPS.get((r.arch, r.method))
-        rows.append([r.arch, r.method, r.batch, f"{r.per_sample(r.loss_flops):.3f}",
+        rows.append([r.arch, r.method, r.batch, f"{r.per_sample(r.feedback_phase_flops):.3f}",
+                     f"{r.per_sample(r.loss_flops):.3f}",
                      f"{r.per_sample(r.backward_flops):.3f}", f"{r.per_sample(r.step_flops):.3f}",
                      f"{r.step_flops / bp[r.arch]:.3f}" if r.arch in bp else None,
                      f"{paper:.2f}" if paper else None,
                      f"{paper / paper_bp[r.arch]:.3f}" if paper else None])
-    return table(["arch", "method", "batch", "forward+losses", "backward", "step", "/BP",
+    return table(["arch", "method", "batch", "feedback phase", "forward+losses", "backward", "step", "/BP",
                   "paper", "paper /BP"], rows)
+
+
+def tp_steps_table(results) -> str:
+    """Each TP rule's step beside BP's (per sample: the batches may differ), and a row's cost."""
+    bp = {r.arch: r.step_ms / r.batch_size for r in results if r.method == "BP"}
+    rows = [[r.arch, r.method, r.batch_size, f"{r.step_ms:.2f}", f"{r.feedback_call_ms:.2f}",
+             f"{r.step_ms / r.batch_size / bp[r.arch]:.2f}", f"{r.row_hours:.2f}"] for r in results]
+    return table(["arch", "method", "batch", "step ms", "feedback call ms", "/BP per sample",
+                  "5 seeds x epochs, h"], rows)
