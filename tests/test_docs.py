@@ -109,8 +109,8 @@ SHORTENED = {
     "--batchsize 32 --analysis_steps 0,20,40,80,160 --analysis_split test --analysis_samples 500 "
     "--seed 2023 --data_root data --device cpu --out_dir runs/fig6/bp/seed2023": CNN_EPOCH,
     "python -m ccl.figures cka runs/fig6/ccl/seed2023 runs/fig6/ccl/seed2024 runs/fig6/ccl/seed2025 "
-    "--out docs/figures/cnn_mnist_ccl_cka_160steps.png": "",
-    "python -m ccl.figures cka runs/fig6/bp/seed2023 --out docs/figures/cnn_mnist_bp_cka_160steps.png": "",
+    "--out runs/analyses/figures/cnn_mnist_ccl_cka_160steps.png": "",
+    "python -m ccl.figures cka runs/fig6/bp/seed2023 --out runs/analyses/figures/cnn_mnist_bp_cka_160steps.png": "",
     "python main_class_mlp.py --yaml yaml/mlp/mnist_ccl.yaml --epochs 5 --analysis_steps 0,10,100,1000 "
     "--analysis_split test --analysis_samples 500 --analysis_snapshots 1 --data_root data --device cpu "
     "--out_dir runs/fig3/mlp_mnist_ccl": EPOCH,
@@ -132,6 +132,13 @@ SHORTENED = {
     "python -m ccl.reproduce run yaml/mlp/mnist_drtp.yaml --act_F elu --grid lr_F=0.03,0.1,0.3,1 --seeds 2023 "
     "--epochs 10 --threads 1 --devices cpu --data_root data --runs_root runs/sweep": "--grid lr_F=1",
     "python -m ccl.reproduce table --grid lr_F --split val --runs_root runs/sweep": "",
+    "python -m ccl.reproduce run yaml/mlp/mnist_dtp.yaml yaml/mlp/mnist_drl.yaml yaml/mlp/mnist_ldrl.yaml "
+    "yaml/mlp/mnist_fwdtp.yaml yaml/mlp/mnist_fwdtp_bn.yaml --grid lr_F=0.3,1,3 tp_step_size=0.001,0.01,0.1 "
+    "--seeds 2023 --epochs 3 --data_root data --runs_root runs/tp_sweep":
+        "--grid lr_F=3 tp_step_size=0.1 --epochs 1 --train_batches_per_epoch 2 --devices cpu",
+    "python -m ccl.reproduce table yaml/mlp/mnist_dtp.yaml yaml/mlp/mnist_drl.yaml yaml/mlp/mnist_ldrl.yaml "
+    "yaml/mlp/mnist_fwdtp.yaml yaml/mlp/mnist_fwdtp_bn.yaml --grid lr_F tp_step_size --split val "
+    "--runs_root runs/tp_sweep": "",
     "python -m ccl.reproduce table": "",
     "python -m ccl.reproduce table --select all": "",
     # the benchmark, on the CPU
@@ -139,6 +146,7 @@ SHORTENED = {
         "--quick --archs mlp_mnist cnn_pool",
     "python -m ccl.bench --device cpu --archs cnn cnn_pool --no_pipeline --fused_pair_loss 1 --profile": "--quick",
     "python -m ccl.bench --flops --device cpu --json runs/flops.json": "--archs mlp_mnist",
+    "python -m ccl.bench --tp --device cpu --threads 1": "--quick",
 }
 
 NEEDS_CUDA = "needs a CUDA GPU (tests/test_cuda.py runs the CUDA paths where one is)"
@@ -152,7 +160,7 @@ SKLEARN = ("needs scikit-learn, an optional dependency; tests/test_figures.py dr
            "run where it is installed")
 NOT_RUN = {
     "python -m ccl.figures tsne runs/fig3/mlp_mnist_ccl --steps 0 10 100 1000 --samples 1000 --data_root data "
-    "--device cpu --out docs/figures/mlp_mnist_ccl_tsne.png": SKLEARN,
+    "--device cpu --out runs/analyses/figures/mlp_mnist_ccl_tsne.png": SKLEARN,
     "pip install scikit-learn": "installs a package (the optional dependency of ccl.figures tsne)",
     "python -m ccl.reproduce run yaml/mlp/cifar10_ccl.yaml --grid lr_F=0.05,0.1,0.2,0.4,0.8 "
     "lr_B=0,0.05,0.1,0.2,0.4,0.8 --seeds 2023 2024 2025 --epochs 20 --data_root data --runs_root runs/grid":
