@@ -137,7 +137,7 @@ KEYS: dict[str, Key] = {
                          "1: deterministic kernels (cuDNN, cuBLAS), so a CUDA run is reproducible to the "
                          "bit (slower); an operator without one is an error. The CPU's kernels already are",
                          default=0, choices=(0, 1)),
-    # the paper's analyses during training (ccl/analysis); off by default: nothing changes
+    # the paper's analyses during training (ccl/measures.py); off by default: nothing changes
     "analysis_every": Key("training", int,
                            "every this many epochs (and before the first, and after the last) "
                            "measure CKA, weight cosines and gradient angles on a fixed probe batch "

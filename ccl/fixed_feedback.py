@@ -68,7 +68,7 @@ def feedback_weight_as_forward(feedback_weight: torch.Tensor) -> torch.Tensor:
     """A feedback map's weight in the layout of its layer's forward weight: transposed
     (linear), or transposed and turned by 180 degrees (conv: the kernel K with
     conv_transpose2d(., K) == conv2d(., feedback_weight) at stride 1, padding 1, the adjoint's
-    kernel; ccl/analysis says why)."""
+    kernel; ccl/measures.py says why)."""
     if feedback_weight.dim() == 2:
         return feedback_weight.T
     if feedback_weight.dim() == 4:

@@ -1,33 +1,15 @@
 """Figures of runs (the paper's analyses, docs/ALGORITHM.md section 9): PNG files drawn with matplotlib's Agg
 canvas (no screen needed), and the autoencoder's reconstructions drawn pixel for pixel with PIL.
-The commands (cli.py):
+The command that draws them from run directories is `python -m ccl.figures` (ccl/figures/);
+`main_ae.py` draws `reconstructions.png` itself at the end of a run (`save_reconstructions`).
 
-    python -m ccl.figures cka RUN_DIR ... [--epochs E ...|--steps S ...]
-                                                              CKA heatmaps at chosen points, the
-                                                              mean over runs (seeds), and their changes
-    python -m ccl.figures alignment RUN_DIR ...               weight cosine and gradient angle over epochs
-    python -m ccl.figures kernels RUN_BP RUN_CCL [--count K]  first-layer conv kernels side by side
-    python -m ccl.figures curves RUN_DIR ...                  loss and accuracy (AE: MSE) per epoch,
-                                                              and each loss term (CCL's pair losses)
-    python -m ccl.figures tsne RUN_DIR [--steps S ...] [--layer L] [--samples N]
-                                                              t-SNE of forward and feedback embeddings
-    python -m ccl.figures grid GRID_CSV [--title T]           test accuracy over lr_F x lr_B
-    python -m ccl.figures reconstructions RUN_DIR             an autoencoder run's reconstructions.png again
-    python -m ccl.figures compare RUN_DIR ... --out FILE      reconstructions of several autoencoder runs
-
-Each takes `--out FILE`; by default the figure goes into the first run directory given
-(`cka.png`, `alignment.png`, `kernels.png`, `curves.png`, `reconstructions.png`), or beside the
-CSV (`GRID.png`). `reconstructions` and `compare` rebuild each run's best model and test set
-from its config.yaml (`--data_root`, `--device`); `main_ae.py` draws `reconstructions.png`
-itself at the end of a run (`save_reconstructions`).
-
-What they read:
+What the figures are drawn from (read by `ccl.run_dir.RunDir`):
 - `RUN_DIR/analysis.jsonl`: one JSON object per line, one line per analysed epoch (0 = before
   training, or per measured step of `analysis_steps`): {"epoch": E (null at a step that ends no
   epoch), "step": S (the global step; absent in records written before analysis_steps),
   "layers": ["layer1", ...], "cka": [[...]] ((L+1) x (L+1), rows a_0 = input..a_L, columns
   b_0..b_L = target), "weight_cosine": [...] (L), "grad_angle_deg": [...] (L)}; null where a value
-  is undefined. The record of `ccl.analysis.analyse` with its epoch and step.
+  is undefined. The record of `ccl.measures.analyse` with its epoch and step.
 - `RUN_DIR/metrics.jsonl`: the trainer's rows, of which `epoch`, `train_loss` and either
   `val_loss` and `val_acc` (classification) or `val_mse` (autoencoder), and where the rule
   logs them (CCL), its loss terms `train_loss_output`, `train_loss_pair0`, ...

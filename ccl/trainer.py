@@ -3,7 +3,7 @@
 Per epoch: train, validate, keep the best models (the lowest validation loss, as released, and
 the objective's other selections, e.g. the highest validation accuracy), step the cosine
 schedule, checkpoint; with `analysis_every`, measure the model on a probe batch between epochs
-(ccl/analysis). At the end: test each selected model and the last epoch's. What the loop
+(ccl/measures.py). At the end: test each selected model and the last epoch's. What the loop
 writes, and how, is the run directory's (ccl/run_dir.py): checkpoint.pt is written first, and
 metrics.jsonl, analysis.jsonl and the best models are views of it that a resumed run rewrites,
 so a kill between two writes loses nothing. The opt-in loggers (ccl/loggers.py) get the same
@@ -66,11 +66,11 @@ class DivergenceMonitor:
 
     def __init__(self, step: int = 0, loss_sum: float = 0.0, samples: int = 0,
                  world: World = ONE_PROCESS, stop: StopRequests | None = None,
-                 term_sums: torch.Tensor | None = None):
+                 term_sums: list[float] | None = None):
         self.step = step  # steps observed, the unread ones included
         self.loss_sum = loss_sum
         self.samples = samples
-        # this rank's loss terms times their batch sizes, added up on the device (float64), unread
+        # the loss terms times the global batch sizes, added up as the losses are (loss_sum)
         self.term_sums = term_sums
         self._terms: list[torch.Tensor] = []
         self.world, self.stop = world, stop
@@ -81,7 +81,7 @@ class DivergenceMonitor:
     def observe(self, loss: torch.Tensor, batch_size: int = 1, terms: torch.Tensor | None = None) -> None:
         self._losses.append(loss.detach())
         if terms is not None and terms.dim() == 1:
-            self._terms.append(terms.detach() * batch_size)
+            self._terms.append(terms.detach())
         self._batch_sizes.append(self.world.global_size(batch_size))
         self.step += 1
 
@@ -97,19 +97,22 @@ class DivergenceMonitor:
             return
         losses = torch.stack(self._losses)
         sizes = torch.tensor(self._batch_sizes, dtype=losses.dtype, device=losses.device)
-        if self._terms:  # added up on the device, read with the epoch's end
-            terms = torch.stack(self._terms).double().sum(dim=0)
-            self.term_sums = terms if self.term_sums is None else self.term_sums + terms
-            self._terms = []
-        (values, weighted), self._agreed_stop = self.world.read_mean(  # the one read
-            torch.stack((losses, losses * sizes)), self.stop.signal_number if self.stop else None)
+        # the loss terms (CCL's output and pair losses) travel in the same read, weighted alike
+        terms = (torch.stack(self._terms).T.to(losses.dtype) * sizes if self._terms
+                 else losses.new_zeros((0, len(losses))))
+        (values, weighted, *term_rows), self._agreed_stop = self.world.read_mean(  # the one read
+            torch.cat((torch.stack((losses, losses * sizes)), terms)),
+            self.stop.signal_number if self.stop else None)
         first_step = self.step - len(values) + 1
-        batch_sizes, self._losses, self._batch_sizes = self._batch_sizes, [], []
+        batch_sizes, self._losses, self._batch_sizes, self._terms = self._batch_sizes, [], [], []
         for offset, (value, product) in enumerate(zip(values, weighted)):
             if not math.isfinite(value):
                 raise Diverged(first_step + offset)
             self.loss_sum += product
             self.samples += batch_sizes[offset]
+        if term_rows:
+            sums = [math.fsum(row) for row in term_rows]
+            self.term_sums = sums if self.term_sums is None else [a + b for a, b in zip(self.term_sums, sums)]
 
 
 class StopRequests:
@@ -165,7 +168,7 @@ class Progress:
     samples: int = 0
     seconds: float = 0.0
     augment_state: torch.Tensor | None = None
-    term_sums: torch.Tensor | None = None  # the loss terms times batch sizes (DivergenceMonitor)
+    term_sums: list[float] | None = None  # the loss terms times batch sizes (DivergenceMonitor)
 
 
 def _better(value: float, best: float, lower_is_better: bool) -> bool:
@@ -310,8 +313,7 @@ class Trainer:
         progress, loader = self.progress, self.data.train
         self.model.train()
         monitor = DivergenceMonitor(self.optimizer.steps_taken, progress.loss_sum, progress.samples,
-                                    self.world, self.stop,
-                                    None if progress.term_sums is None else progress.term_sums.to(self.device))
+                                    self.world, self.stop, progress.term_sums)
         started = time.perf_counter()
         batches = loader.epoch(progress.epoch, progress.batch, progress.augment_state)
         name = f"epoch {progress.epoch + 1}/{self.config.epochs}"
@@ -384,11 +386,10 @@ class Trainer:
         self.log(self._summary(row))
 
     def _mean_loss_terms(self, progress: Progress) -> dict[str, float]:
-        """The epoch's mean of each loss term, read after the device was read for the epoch's
-        divergence check (its queue is empty: no wait of its own)."""
+        """The epoch's mean of each loss term, added up at the monitor's reads (no read of its own)."""
         if progress.term_sums is None:
             return {}
-        means = (self.world.sum(progress.term_sums) / max(progress.samples, 1)).tolist()
+        means = [term_sum / max(progress.samples, 1) for term_sum in progress.term_sums]
         return {f"train_loss_{name}": value for name, value in zip(self.term_names, means, strict=True)}
 
     def _analysis_due(self, epoch: int) -> bool:

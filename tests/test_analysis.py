@@ -1,4 +1,4 @@
-"""The analysis measures (ccl/analysis/__init__.py): linear CKA, the forward/feedback CKA matrix, weight
+"""The analysis measures (ccl/measures.py): linear CKA, the forward/feedback CKA matrix, weight
 cosines, gradient angles against backprop, and that measuring leaves a run untouched."""
 import json
 import math

@@ -218,7 +218,7 @@ def test_read_grid_parses_cells_and_leaves_empty_means_undefined(tmp_path):
 
 
 def test_analyse_records_draw_as_they_come(tmp_path):
-    """The record of ccl.analysis.analyse, with its epoch, is a line of analysis.jsonl."""
+    """The record of ccl.measures.analyse, with its epoch, is a line of analysis.jsonl."""
     torch.manual_seed(0)
     model = mlp([6, 5, 3], LayerOptions())
     task = Classification(3, partial(mlp_pair_loss, loss_scale_C=1.0), None)

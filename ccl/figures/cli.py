@@ -1,5 +1,5 @@
 """`python -m ccl.figures COMMAND ...`: the figures of ccl/plots.py from run directories
-(read through ccl/run_dir.py) and grid CSVs; the commands are listed in ccl/figures/__init__.py."""
+(read through ccl/run_dir.py) and grid CSVs; the commands are listed in its package docstring."""
 from __future__ import annotations
 
 import argparse
