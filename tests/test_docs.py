@@ -118,6 +118,13 @@ SHORTENED = {
     "python main_class_mlp.py --yaml yaml/mlp/mnist_ccl.yaml --epochs 5 --analysis_steps 0,10,100,1000 "
     "--analysis_split test --analysis_samples 500 --analysis_snapshots 1 --data_root data --device cpu "
     "--out_dir runs/fig3/mlp_mnist_ccl": EPOCH,
+    # docs/ANALYSES.md: the per-pair losses and the paper's Figure 9
+    "python main_class_mlp.py --yaml yaml/mlp/mnist_ccl.yaml --epochs 20 --analysis_every 1 --analysis_steps "
+    "0,1,2,5,10,20,50,100,200,500,1000,2000,3000 --data_root data --device cpu --out_dir runs/fig9/mlp_mnist_ccl":
+        EPOCH,
+    "python -m ccl.figures curves runs/fig9/mlp_mnist_ccl --out runs/analyses/figures/mlp_mnist_ccl_pair_losses.png": "",
+    "python -m ccl.figures alignment runs/fig9/mlp_mnist_ccl "
+    "--out runs/analyses/figures/mlp_mnist_ccl_alignment_20epochs.png": "",
     # docs/REPRODUCTION.md and README: the runner and the tables
     "python -m ccl.reproduce run --table table1 --data_root data": "--dry_run",
     "python -m ccl.reproduce run yaml/mlp/mnist_bp.yaml yaml/mlp/mnist_ccl.yaml yaml/mlp/fmnist_bp.yaml "
