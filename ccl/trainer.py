@@ -350,8 +350,13 @@ class Trainer:
     def _pretrain_feedback(self) -> None:
         """Target propagation's feedback pre-training, before the first forward step; once per
         run: a resumed run's checkpoint says it was done."""
-        if self.feedback_phase is not None and not self.feedback_phase.pretrained:
-            self.feedback_phase.pretrain(self.data.train.epoch)
+        phase = self.feedback_phase
+        if phase is not None and not phase.pretrained:
+            started = time.perf_counter()
+            self.log(f"pre-training the feedback network: {phase.pretrain_epochs} epoch(s) of one "
+                     f"feedback call per batch")
+            phase.pretrain(self.data.train.epoch)
+            self.log(f"pre-training done ({time.perf_counter() - started:.1f}s)")
 
     def _raise_if_parameters_diverged(self) -> None:
         finite = torch.stack([p.isfinite().all() for p in self.model.parameters()]).all()
