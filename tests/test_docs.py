@@ -158,6 +158,13 @@ SHORTENED = {
     "python -m ccl.bench --device cpu --archs cnn cnn_pool --no_pipeline --fused_pair_loss 1 --profile": "--quick",
     "python -m ccl.bench --flops --device cpu --json runs/flops.json": "--archs mlp_mnist",
     "python -m ccl.bench --tp --device cpu --threads 1": "--quick",
+    "python -m ccl.reproduce run yaml/mlp/mnist_drl.yaml yaml/mlp/fmnist_drl.yaml yaml/mlp/mnist_ldrl.yaml "
+    "yaml/mlp/fmnist_ldrl.yaml yaml/mlp/mnist_dtp.yaml yaml/mlp/fmnist_dtp.yaml yaml/mlp/mnist_fwdtp_bn.yaml "
+    "yaml/mlp/fmnist_fwdtp_bn.yaml --seeds 2023 2024 2025 --epochs 5 --threads 1 --devices cpu --data_root data "
+    "--runs_root runs/shortened": "--dry_run",
+    "python -m ccl.reproduce run yaml/mlp/mnist_fwdtp.yaml yaml/mlp/fmnist_fwdtp.yaml --threads 1 --devices cpu "
+    "--data_root data": "--dry_run",
+    "python -m ccl.reproduce table --runs_root runs/shortened": "",
 }
 
 NEEDS_CUDA = "needs a CUDA GPU (tests/test_cuda.py runs the CUDA paths where one is)"
@@ -195,6 +202,7 @@ NOT_RUN = {
     "python -m ccl.reproduce run CONFIG --grid lr_F=... lr_B=...": PROSE,
     "python -m ccl.reproduce table --select": PROSE,
     "python -m ccl.reproduce run --table ...": PROSE,
+    "python -m ccl.reproduce run --table table1": PROSE,
     "python -m ccl.reproduce.job": PROSE,
     "python -m ccl.analysis RUN_DIR": PROSE,
     "python -m ccl.figures": PROSE,
