@@ -118,6 +118,16 @@ SHORTENED = {
     "python main_class_mlp.py --yaml yaml/mlp/mnist_ccl.yaml --epochs 5 --analysis_steps 0,10,100,1000 "
     "--analysis_split test --analysis_samples 500 --analysis_snapshots 1 --data_root data --device cpu "
     "--out_dir runs/fig3/mlp_mnist_ccl": EPOCH,
+    # docs/ANALYSES.md: the search for Figure 6's regime
+    "python -m ccl.reproduce run yaml/cnn/mnist_ccl.yaml --grid warmup=0,100 grad_clip_F=0,1 --batchsize 32 "
+    "--epochs 1 --train_batches_per_epoch 160 --seeds 2023 --jobs 2 --threads 1 --devices cpu --data_root data "
+    "--runs_root runs/cnn160": "--dry_run",
+    "python -m ccl.reproduce run yaml/cnn/mnist_ccl.yaml --grid lr_F=3,10 lr_B=1,3 --warmup 0 --batchsize 32 "
+    "--epochs 1 --train_batches_per_epoch 160 --seeds 2023 --jobs 2 --threads 1 --devices cpu --data_root data "
+    "--runs_root runs/cnn160": "--dry_run",
+    "python -m ccl.reproduce run yaml/cnn/mnist_ccl.yaml --grid lr_F=1,3 --architecture cnn_pool --warmup 0 "
+    "--batchsize 32 --epochs 1 --train_batches_per_epoch 160 --seeds 2023 --jobs 2 --threads 1 --devices cpu "
+    "--data_root data --runs_root runs/cnn160": "--dry_run",
     # docs/ANALYSES.md: the per-pair losses and the paper's Figure 9
     "python main_class_mlp.py --yaml yaml/mlp/mnist_ccl.yaml --epochs 20 --analysis_every 1 --analysis_steps "
     "0,1,2,5,10,20,50,100,200,500,1000,2000,3000 --data_root data --device cpu --out_dir runs/fig9/mlp_mnist_ccl":
@@ -198,6 +208,7 @@ NOT_RUN = {
     "python main_class_mlp.py --resume RUN_DIR": PROSE,
     "python -m ccl.bench": PROSE,
     "python -m ccl.bench --flops": PROSE,
+    "python -m ccl.bench --tp": PROSE,
     "python -m ccl.reproduce run": PROSE,
     "python -m ccl.reproduce run CONFIG --grid lr_F=... lr_B=...": PROSE,
     "python -m ccl.reproduce table --select": PROSE,
