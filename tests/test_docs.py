@@ -171,7 +171,7 @@ SHORTENED = {
     "python -m ccl.reproduce run yaml/mlp/mnist_drl.yaml yaml/mlp/fmnist_drl.yaml yaml/mlp/mnist_ldrl.yaml "
     "yaml/mlp/fmnist_ldrl.yaml yaml/mlp/mnist_dtp.yaml yaml/mlp/fmnist_dtp.yaml yaml/mlp/mnist_fwdtp_bn.yaml "
     "yaml/mlp/fmnist_fwdtp_bn.yaml --seeds 2023 2024 2025 --epochs 5 --threads 1 --devices cpu --data_root data "
-    "--runs_root runs/shortened": "--dry_run",
+    "--runs_root runs/shortened": "--seeds 2023 --epochs 1 --train_batches_per_epoch 2",
     "python -m ccl.reproduce run yaml/mlp/mnist_fwdtp.yaml yaml/mlp/fmnist_fwdtp.yaml --threads 1 --devices cpu "
     "--data_root data": "--dry_run",
     "python -m ccl.reproduce table --runs_root runs/shortened": "",
