@@ -33,7 +33,7 @@ from __future__ import annotations
 import csv
 import math
 import textwrap
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import matplotlib
@@ -147,8 +147,9 @@ def _epoch_axis(ax) -> None:
 
 
 def _text_colour(image, value: float) -> str:
-    """Black on the light end of the colour map, white on the dark end."""
-    return "black" if image.norm(value) > 0.6 else "white"
+    """Black on a light cell, white on a dark one (by the cell colour's luma)."""
+    red, green, blue, _ = image.cmap(image.norm(value))
+    return "black" if 0.299 * red + 0.587 * green + 0.114 * blue > 0.5 else "white"
 
 
 def save_png(figure: Figure, path: Path) -> Path:
@@ -360,33 +361,53 @@ def curves_figure(runs: Sequence[tuple[str, Sequence[dict]]]) -> Figure:
     return figure
 
 
-def grid_figure(cells: Sequence[dict], title: str) -> Figure:
-    """Mean test accuracy per (lr_F, lr_B), the seed count in each cell; grey where no seed ran."""
-    forward_rates = sorted({cell["lr_F"] for cell in cells})
-    feedback_rates = sorted({cell["lr_B"] for cell in cells})
+def grid_figure(cells: Sequence[dict], title: str, paper: Mapping[tuple[float, float], float] | None = None) -> Figure:
+    """Mean test accuracy per (lr_F, lr_B), the seed count in each cell; grey where no seed ran.
+    With `paper` ({(lr_F, lr_B): accuracy}), two panels more: the paper's cells and ours minus
+    the paper's."""
+    forward_rates = sorted({cell["lr_F"] for cell in cells} | {lr_F for lr_F, _ in paper or {}})
+    feedback_rates = sorted({cell["lr_B"] for cell in cells} | {lr_B for _, lr_B in paper or {}})
     means = np.full((len(feedback_rates), len(forward_rates)), math.nan)
-    figure = _figure(1.5 + 0.9 * len(forward_rates), 1.2 + 0.6 * len(feedback_rates))
-    ax = figure.subplots()
-    counts = np.full(means.shape, -1)  # -1: not in the CSV
+    labels = np.full(means.shape, "not run", dtype=object)
     for cell in cells:
         row, column = feedback_rates.index(cell["lr_B"]), forward_rates.index(cell["lr_F"])
-        counts[row, column] = cell["n"]
+        labels[row, column] = f"{cell['mean']:.2f}\nn={cell['n']}" if cell["n"] > 0 else "n=0"
         if cell["n"] > 0:
             means[row, column] = cell["mean"]
-    colour_map = matplotlib.colormaps["viridis"].with_extremes(bad=MISSING_COLOUR)
-    image = ax.imshow(np.ma.masked_invalid(means), cmap=colour_map, origin="lower", aspect="auto")
-    for (row, column), count in np.ndenumerate(counts):
-        mean = means[row, column]
-        label = {-1: "not run", 0: "n=0"}.get(count, f"{mean:.1f}\nn={count}")
-        colour = _text_colour(image, mean) if math.isfinite(mean) else "black"
+    panels = [(means, labels, "viridis", "ours", "mean test accuracy (%)")]
+    if paper is not None:
+        printed = np.array([[paper.get((lr_F, lr_B), math.nan) for lr_F in forward_rates] for lr_B in feedback_rates])
+        difference = means - printed
+        panels += [(printed, _number_labels(printed, "{:.2f}"), "viridis", "the paper's", "test accuracy (%)"),
+                   (difference, _number_labels(difference, "{:+.2f}"), "RdBu", "ours minus the paper's",
+                    "difference (points)")]
+    figure = _figure(0.6 + (0.9 * len(forward_rates) + 1.0) * len(panels), 1.2 + 0.6 * len(feedback_rates))
+    for ax, panel in zip(figure.subplots(1, len(panels), squeeze=False)[0], panels):
+        _grid_panel(figure, ax, forward_rates, feedback_rates, *panel)
+    _suptitle(figure, f"{title}: test accuracy at the best epoch, mean over n seeds")
+    return figure
+
+
+def _number_labels(values: np.ndarray, form: str) -> np.ndarray:
+    return np.vectorize(lambda value: form.format(value) if math.isfinite(value) else "-", otypes=[object])(values)
+
+
+def _grid_panel(figure: Figure, ax, forward_rates, feedback_rates, values: np.ndarray, labels: np.ndarray,
+                colour_map: str, panel_title: str, colour_label: str) -> None:
+    colours = matplotlib.colormaps[colour_map].with_extremes(bad=MISSING_COLOUR)
+    limit = np.nanmax(np.abs(values)) if colour_map == "RdBu" and np.isfinite(values).any() else None
+    image = ax.imshow(np.ma.masked_invalid(values), cmap=colours, origin="lower", aspect="auto",
+                      vmin=-limit if limit else None, vmax=limit)  # differences: white at 0
+    for (row, column), label in np.ndenumerate(labels):
+        value = values[row, column]
+        colour = _text_colour(image, value) if math.isfinite(value) else "black"
         ax.text(column, row, label, ha="center", va="center", fontsize=7, color=colour)
     ax.set_xticks(range(len(forward_rates)), [f"{rate:g}" for rate in forward_rates])
     ax.set_yticks(range(len(feedback_rates)), [f"{rate:g}" for rate in feedback_rates])
     ax.set_xlabel("forward learning rate lr_F")
     ax.set_ylabel("feedback learning rate lr_B")
-    figure.colorbar(image, ax=ax, label="mean test accuracy (%)")
-    _suptitle(figure, f"{title}: test accuracy at the best epoch, mean over n seeds")
-    return figure
+    ax.set_title(panel_title, fontsize=9)
+    figure.colorbar(image, ax=ax, label=colour_label)
 
 
 def default_cka_epochs(available: Sequence[int]) -> list[int]:
@@ -440,21 +461,25 @@ def fit_tsne(forward: np.ndarray, feedback: np.ndarray) -> tuple[np.ndarray, np.
     return layout[:len(forward)], layout[len(forward):]
 
 
-def tsne_figure(panels: Sequence[tuple[str, np.ndarray, np.ndarray, np.ndarray]], title: str) -> Figure:
-    """One t-SNE panel per (label, forward layout N x 2, labels N, feedback layout C x 2): dots
-    the forward embeddings of test images, squares (black edge) the feedback templates of the
-    classes, the colour the class."""
-    classes = len(panels[0][3])
+def tsne_figure(rows: Sequence[Sequence[tuple[str, np.ndarray, np.ndarray, np.ndarray]]],
+                title: str) -> Figure:
+    """Rows of t-SNE panels (a row per layer, a panel per step), each panel (label, forward
+    layout N x 2, labels N, feedback layout C x 2): dots the forward embeddings of test images,
+    squares (black edge) the feedback templates of the classes, the colour the class."""
+    classes = len(rows[0][0][3])
     colours = _colours(classes)
-    figure = _figure(0.4 + 3.2 * len(panels), 3.9)
-    axes = figure.subplots(1, len(panels), squeeze=False)[0]
-    for ax, (label, forward, labels, feedback) in zip(axes, panels):
-        ax.scatter(forward[:, 0], forward[:, 1], s=4, c=[colours[c] for c in labels], alpha=0.6, linewidths=0)
-        ax.scatter(feedback[:, 0], feedback[:, 1], s=90, marker="s", c=colours[:len(feedback)],
-                   edgecolors="black", linewidths=1.2)
-        ax.set_xticks([])
-        ax.set_yticks([])
-        ax.set_title(label, fontsize=9)
+    columns = max(len(row) for row in rows)
+    figure = _figure(0.4 + 3.2 * columns, 0.7 + 3.2 * len(rows))
+    axes = figure.subplots(len(rows), columns, squeeze=False)
+    for row_axes, row in zip(axes, rows):
+        for ax, (label, forward, labels, feedback) in zip(row_axes, row):
+            ax.scatter(forward[:, 0], forward[:, 1], s=4, c=[colours[c] for c in labels], alpha=0.6, linewidths=0)
+            ax.scatter(feedback[:, 0], feedback[:, 1], s=90, marker="s", c=colours[:len(feedback)],
+                       edgecolors="black", linewidths=1.2)
+            ax.set_title(label, fontsize=9)
+        for ax in row_axes:
+            ax.set_xticks([])
+            ax.set_yticks([])
     handles = [Line2D([], [], color=colours[c], marker="o", linestyle="", label=str(c)) for c in range(classes)]
     handles += [Line2D([], [], color="grey", marker="o", linestyle="", label="forward: test image"),
                 Line2D([], [], color="grey", marker="s", markeredgecolor="black", linestyle="",

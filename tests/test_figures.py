@@ -18,6 +18,7 @@ from ccl.config import config_yaml
 from ccl.figures.cli import main as figures_main
 from ccl.losses import mlp_pair_loss
 from ccl.measures import analyse
+from ccl.reproduce.paper import FIGURE7
 from ccl.objectives import Classification
 from ccl.rules import ccl_loss
 from ccl.run_dir import ANALYSIS, BEST, METRICS, RESULTS, RunDir
@@ -80,6 +81,7 @@ def _assert_png(path):
     assert len(data) < MAX_PNG_BYTES, f"{path.name}: {len(data)} bytes"
     pixels = matplotlib.image.imread(path)
     assert pixels.ndim == 3 and pixels.shape[0] > 100 and pixels.shape[1] > 100
+    return pixels
 
 
 def _error_line(capsys):
@@ -207,6 +209,18 @@ def test_grid_writes_beside_the_csv(tmp_path):
     csv_path = _grid_csv(tmp_path)
     assert figures_main(["grid", str(csv_path), "--title", "MNIST MLP, CCL"]) == 0
     _assert_png(csv_path.with_suffix(".png"))
+
+
+def test_grid_beside_the_papers_figure_7_draws_the_difference(tmp_path):
+    cells = plots.read_grid(_grid_csv(tmp_path))
+    figure = plots.grid_figure(cells, "MNIST", FIGURE7["mlp/mnist_ccl"])
+    ours, papers, difference = (ax for ax in figure.axes if ax.get_title())
+    texts = {ax: [text.get_text() for text in ax.texts] for ax in (ours, papers, difference)}
+    assert len(texts[papers]) == 30 and texts[papers][0] == "95.09"  # lr_F 0.05, lr_B 0
+    assert texts[difference][0] == f"{90.5 - 95.09:+.2f}"  # the CSV's cell minus the paper's
+    assert texts[ours][-1] == "not run" and texts[difference][-1] == "-"  # lr_F 0.8, lr_B 0.8
+    assert figures_main(["grid", str(tmp_path / "grid_mnist.csv"), "--paper", "mlp/mnist_ccl"]) == 0
+    _assert_png(tmp_path / "grid_mnist.png")
 
 
 def test_read_grid_parses_cells_and_leaves_empty_means_undefined(tmp_path):
@@ -352,9 +366,29 @@ def snapshotted(tiny_mnist, tmp_path):
 def test_tsne_draws_one_fit_per_step(snapshotted, tmp_path):
     pytest.importorskip("sklearn", reason="tsne needs scikit-learn (pip install scikit-learn)")
     out = tmp_path / "tsne.png"
-    assert figures_main(["tsne", str(snapshotted), "--steps", "0", "9", "--samples", "60", "--layer", "2",
+    assert figures_main(["tsne", str(snapshotted), "--steps", "0", "9", "--samples", "60", "--layers", "2",
                          "--device", "cpu", "--out", str(out)]) == 0
     _assert_png(out)
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_tsne_draws_the_cifar_cnn_layers_of_figure_8(tiny_cnn_data, tmp_path):
+    """The paper's Figure 8 path: layers 1, 3 and 5 of the CIFAR-10 CNN, a row each, on the small
+    CIFAR-10 files of the official format."""
+    pytest.importorskip("sklearn", reason="tsne needs scikit-learn (pip install scikit-learn)")
+    from ccl.experiment import main
+    from ccl.scripts import CNN
+    run = tmp_path / "cifar10_ccl"
+    assert main(CNN, ["--yaml", str(REPO / "yaml/cnn/cifar10_ccl.yaml"), "--data_root", str(tiny_cnn_data[0]),
+                      "--epochs", "1", "--batchsize", "8", "--train_batches_per_epoch", "3",
+                      "--analysis_steps", "0,3", "--analysis_samples", "4", "--analysis_snapshots", "1",
+                      "--device", "cpu", "--out_dir", str(run)]) == 0
+    out = tmp_path / "tsne.png"
+    assert figures_main(["tsne", str(run), "--layers", "1", "3", "5", "--samples", "20", "--device", "cpu",
+                         "--out", str(out)]) == 0
+    image = _assert_png(out)
+    assert image.shape[0] > image.shape[1] / 2  # three rows of two panels
+    assert figures_main(["tsne", str(run), "--layers", "6", "--device", "cpu"]) == 2
 
 
 def test_tsne_fits_forward_and_feedback_points_together_with_a_fixed_seed():

@@ -7,9 +7,11 @@
     python -m ccl.figures kernels RUN_BP RUN_CCL [--count K]  first-layer conv kernels side by side
     python -m ccl.figures curves RUN_DIR ...                  loss and accuracy (AE: MSE) per epoch,
                                                               and each loss term (CCL's pair losses)
-    python -m ccl.figures tsne RUN_DIR [--steps S ...] [--layer L] [--samples N]
+    python -m ccl.figures tsne RUN_DIR [--steps S ...] [--layers L ...] [--samples N]
                                                               t-SNE of forward and feedback embeddings
-    python -m ccl.figures grid GRID_CSV [--title T]           test accuracy over lr_F x lr_B
+    python -m ccl.figures grid GRID_CSV [--title T] [--paper CONFIG]
+                                                              test accuracy over lr_F x lr_B (beside the
+                                                              paper's Figure 7 and the difference)
     python -m ccl.figures reconstructions RUN_DIR             an autoencoder run's reconstructions.png again
     python -m ccl.figures compare RUN_DIR ... --out FILE      reconstructions of several autoencoder runs
 

@@ -32,6 +32,7 @@ from ccl.plots import (
     tsne_figure,
     validation_metric,
 )
+from ccl.reproduce.paper import FIGURE7
 from ccl.run_dir import ANALYSIS, BEST, FIGURES, METRICS, RunDir
 from ccl.scripts import rebuild
 from utils.data.recipes import Data
@@ -136,26 +137,30 @@ def draw_tsne(args) -> Path:
         raise ConfigError(f"--samples {args.samples}: draw at least one test image")
     device = resolve_device(args.device)
     experiment = rebuild(run_dir, args.data_root, device, best=False)
-    layers = len(experiment.model.layers)
-    layer = layers - 1 if args.layer is None else args.layer
-    if not 0 <= layer < layers:
-        raise ConfigError(f"--layer {layer}: the pairs are 0..{layers - 1} (a_l against b_l)")
+    pairs = len(experiment.model.layers)
+    layers = [pairs - 1] if args.layers is None else args.layers
+    for layer in layers:
+        if not 0 <= layer < pairs:
+            raise ConfigError(f"--layers {layer}: the pairs are 0..{pairs - 1} (a_l against b_l)")
     inputs, labels = probe_batch(experiment.data.test, args.samples, config.seed)
-    panels = []
+    rows = {layer: [] for layer in layers}  # per layer, one fit per step
     for step in args.steps:
         experiment.model.load_state_dict(torch.load(run_dir.snapshot_path(step), map_location=device,
                                                     weights_only=True))
-        forward, feedback = paired_embeddings(experiment.model, experiment.objective, inputs, labels, layer)
-        forward_2d, feedback_2d = fit_tsne(forward, feedback)
-        panels.append((f"step {step}", forward_2d, labels.cpu().numpy(), feedback_2d))
-    title = (f"{run_title(args.run)}: t-SNE of a{layer} (forward, {len(labels)} test images) with "
-             f"b{layer} (feedback, the {len(panels[0][3])} class one-hots), one fit per panel")
-    return save_png(tsne_figure(panels, title), args.out or args.run / FIGURES["tsne"])
+        for layer in layers:
+            forward, feedback = paired_embeddings(experiment.model, experiment.objective, inputs, labels, layer)
+            forward_2d, feedback_2d = fit_tsne(forward, feedback)
+            rows[layer].append((f"a{layer} with b{layer}, step {step}", forward_2d, labels.cpu().numpy(),
+                                feedback_2d))
+    title = (f"{run_title(args.run)}: t-SNE of forward outputs a_l ({len(labels)} test images) with "
+             f"feedback outputs b_l (the {experiment.data.num_classes} class one-hots), one fit per panel")
+    return save_png(tsne_figure(list(rows.values()), title), args.out or args.run / FIGURES["tsne"])
 
 
 def draw_grid(args) -> Path:
     cells = read_grid(args.csv)
-    return save_png(grid_figure(cells, args.title or args.csv.stem), args.out or args.csv.with_suffix(".png"))
+    paper = None if args.paper is None else FIGURE7[args.paper]
+    return save_png(grid_figure(cells, args.title or args.csv.stem, paper), args.out or args.csv.with_suffix(".png"))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -194,8 +199,9 @@ def build_parser() -> argparse.ArgumentParser:
     tsne.add_argument("--steps", type=int, nargs="+", default=None, metavar="S",
                       help="global steps to draw (each needs RUN_DIR/snapshots/step<S>.pt; default: "
                            "every step whose weights the run kept)")
-    tsne.add_argument("--layer", type=int, default=None, metavar="L",
-                      help="the pair: a_L against b_L (default: L-1 of the L layers, the penultimate)")
+    tsne.add_argument("--layers", type=int, nargs="+", default=None, metavar="L",
+                      help="the pairs, one row of panels each: a_L against b_L (default: L-1 of the "
+                           "L layers, the penultimate)")
     tsne.add_argument("--samples", type=int, default=1000,
                       help="the first N test images (default 1000)")
     tsne.add_argument("--data_root", type=Path, default=None, help="datasets (default: the run's own)")
@@ -203,6 +209,9 @@ def build_parser() -> argparse.ArgumentParser:
     grid = command("grid", draw_grid, "mean test accuracy over lr_F x lr_B, seed count per cell")
     grid.add_argument("csv", type=Path, metavar="GRID_CSV")
     grid.add_argument("--title", default=None, help="figure title (default: the CSV's name)")
+    grid.add_argument("--paper", choices=sorted(FIGURE7), default=None, metavar="CONFIG",
+                      help="draw beside ours the paper's Figure 7 grid of this config and ours minus "
+                           f"it ({', '.join(sorted(FIGURE7))})")
     reconstructions = command("reconstructions", draw_reconstructions,
                               "an autoencoder run's reconstructions.png, drawn again from its best model")
     reconstructions.add_argument("run", type=Path, metavar="RUN_DIR")
