@@ -127,6 +127,9 @@ KEYS: dict[str, Key] = {
                            "warm-up factor (i+1)/warmup with i the global step ('step') or, as the "
                            "released scripts do, the batch index within the epoch ('batch_in_epoch')",
                            default="step", choices=("step", "batch_in_epoch")),
+    "augment": Key("dataset", int,
+                    "1: training batches get the dataset's augmentation (crops, flips), as released; "
+                    "0: they are made as evaluation batches", default=1, choices=(0, 1)),
     "augment_validation": Key("dataset", int,
                                "1: validation batches get the training augmentation, as in the released "
                                "CIFAR CNN pipelines; 0: the evaluation transform", default=0, choices=(0, 1)),

@@ -50,7 +50,7 @@ MLP = Script(
     defaults={"task_transform": "none"},
     check=no_schedules,
     # no decorrelation or normalised terms, no augmentation, a pair loss with nothing to fuse
-    ignored=("loss_scale_ssl", "loss_scale_D", "augment_validation", "fused_pair_loss"),
+    ignored=("loss_scale_ssl", "loss_scale_D", "augment", "augment_validation", "fused_pair_loss"),
 )
 
 

@@ -226,3 +226,17 @@ def test_validation_is_unaugmented_unless_asked(tiny_cnn_data, augment, differs)
     assert (not torch.equal(val_inputs, plain)) == differs
     assert torch.equal(val_inputs, next(data.val.epoch())[0]), "the same batches at every validation"
     assert data.input_shape == (3, 32, 32)
+
+
+@pytest.mark.parametrize("dataset", ["MNIST_CNN", "CIFAR10"])
+def test_augment_0_makes_training_batches_as_evaluation_batches(tiny_cnn_data, dataset):
+    """MNIST_CNN then trains on the digits resized to 32x32, as it is evaluated: no padded crops,
+    no flips."""
+    root, _ = tiny_cnn_data
+    splits = load_splits(dataset.removesuffix("_CNN"), root, 0)
+    for augment in (0, 1):
+        data = cnn_data(_config(dataset, augment=augment), splits)
+        inputs, _ = next(data.train.epoch())
+        unaugmented = CNN_TRANSFORMS[dataset][1](data.train.images)
+        as_evaluated = [any(torch.equal(image, candidate) for candidate in unaugmented) for image in inputs]
+        assert all(as_evaluated) == (augment == 0)

@@ -186,7 +186,14 @@ CIFAR_GRID = ("the CIFAR-10 MLP's 20 checkpoints of 40 MB take half a minute eve
               "the same three commands run above on MNIST")
 SKLEARN = ("needs scikit-learn, an optional dependency; tests/test_figures.py draws tsne from a tiny "
            "run where it is installed")
+FIGURE8 = ("reads CIFAR-10, which the test data has only in tests/test_figures.py: "
+           "test_tsne_draws_the_cifar_cnn_layers_of_figure_8 runs the same two commands, shortened")
 NOT_RUN = {
+    "python main_class_cnn.py --yaml yaml/cnn/cifar10_ccl.yaml --epochs 9 --analysis_steps 0,10,100,1000,3000 "
+    "--analysis_split test --analysis_samples 500 --analysis_snapshots 1 --data_root data --out_dir "
+    "runs/fig8/cnn_cifar10_ccl": FIGURE8,
+    "python -m ccl.figures tsne runs/fig8/cnn_cifar10_ccl --steps 0 100 1000 3000 --layers 1 3 5 --samples 1000 "
+    "--data_root data --out runs/analyses/figures/cnn_cifar10_ccl_tsne.png": FIGURE8,
     "python -m ccl.figures tsne runs/fig3/mlp_mnist_ccl --steps 0 10 100 1000 --samples 1000 --data_root data "
     "--device cpu --out runs/analyses/figures/mlp_mnist_ccl_tsne.png": SKLEARN,
     "pip install scikit-learn": "installs a package (the optional dependency of ccl.figures tsne)",

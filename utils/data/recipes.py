@@ -51,10 +51,12 @@ class Data:
 
 
 def make_loaders(config, splits: Splits, train_batch, eval_batch) -> tuple[BatchLoader, ...]:
-    """Training, validation and test loaders. Validation batches are made like test batches
-    unless `augment_validation` asks for the training augmentation (as the released CIFAR
-    pipelines did)."""
+    """Training, validation and test loaders. Training batches are made like test batches under
+    `augment: 0`; validation batches are, unless `augment_validation` asks for the training
+    augmentation (as the released CIFAR pipelines did)."""
     eval_size = config.batchsize * EVAL_BATCH_FACTOR
+    if not config.augment:
+        train_batch = eval_batch
     val_batch = train_batch if config.augment_validation else eval_batch
     return (BatchLoader(*splits.train, config.batchsize, train_batch, shuffle=True,
                         seed=config.seed, max_batches=config.train_batches_per_epoch),
