@@ -95,6 +95,8 @@ SHORTENED = {
     "lr_B=0,0.05,0.1,0.2,0.4,0.8 --seeds 2023 --jobs 1 --threads 1 --devices cpu --data_root data "
     "--runs_root runs/grid100": f"{ONE_CELL} --epochs 1 --train_batches_per_epoch 2",
     "python -m ccl.reproduce table yaml/mlp/mnist_ccl.yaml --grid lr_F lr_B --runs_root runs/grid100": "",
+    "python -m ccl.figures grid runs/grid100/tables/grid_lr_F_lr_B_mlp_mnist_ccl.csv --paper mlp/mnist_ccl "
+    '--title "mlp/mnist_ccl, 100 epochs, seed 2023" --out runs/analyses/figures/mlp_mnist_ccl_lr_grid_100epochs.png': "",
     'python -m ccl.figures grid "runs/grid/tables/grid_lr_F_lr_B_mlp_mnist_ccl-epochs=20.csv" --title '
     '"mlp/mnist_ccl, 20 epochs (shortened from 100), seeds 2023-2025" --out runs/analyses/figures/mlp_mnist_ccl_lr_grid.png': "",
     'python -m ccl.analysis "runs/grid/mlp/mnist_ccl-epochs=20-lr_B=0.0-lr_F=0.8/seed2023" --device cpu '
@@ -129,12 +131,12 @@ SHORTENED = {
     "--batchsize 32 --epochs 1 --train_batches_per_epoch 160 --seeds 2023 --jobs 2 --threads 1 --devices cpu "
     "--data_root data --runs_root runs/cnn160": "--dry_run",
     # docs/ANALYSES.md: the per-pair losses and the paper's Figure 9
-    "python main_class_mlp.py --yaml yaml/mlp/mnist_ccl.yaml --epochs 20 --analysis_every 1 --analysis_steps "
-    "0,1,2,5,10,20,50,100,200,500,1000,2000,3000 --data_root data --device cpu --out_dir runs/fig9/mlp_mnist_ccl":
-        EPOCH,
+    "python main_class_mlp.py --yaml yaml/mlp/mnist_ccl.yaml --epochs 100 --analysis_every 1 --analysis_steps "
+    "0,1,2,5,10,20,50,100,200,500,1000,2000,3000,5000,10000,20000 --data_root data --device cpu --out_dir "
+    "runs/fig9/mlp_mnist_ccl": EPOCH,
     "python -m ccl.figures curves runs/fig9/mlp_mnist_ccl --out runs/analyses/figures/mlp_mnist_ccl_pair_losses.png": "",
     "python -m ccl.figures alignment runs/fig9/mlp_mnist_ccl "
-    "--out runs/analyses/figures/mlp_mnist_ccl_alignment_20epochs.png": "",
+    "--out runs/analyses/figures/mlp_mnist_ccl_alignment_100epochs.png": "",
     # docs/REPRODUCTION.md and README: the runner and the tables
     "python -m ccl.reproduce run --table table1 --data_root data": "--dry_run",
     "python -m ccl.reproduce run yaml/mlp/mnist_bp.yaml yaml/mlp/mnist_ccl.yaml yaml/mlp/fmnist_bp.yaml "
@@ -182,7 +184,7 @@ COMPILES = "compiles for minutes on a CPU (tests/test_acceleration.py covers com
 PROSE = "names a program (or a template of its command) in prose; its commands run above"
 TORCHRUN = "starts several processes; tests/test_distributed.py runs 2-process runs of the same kind"
 SLURM = "needs a Slurm cluster (sbatch); tests/test_cluster.py runs sweeps through submitit's local executor"
-CIFAR_GRID = ("the CIFAR-10 MLP's 20 checkpoints of 40 MB take half a minute even on tiny files; "
+CIFAR_GRID = ("the CIFAR-10 MLP's checkpoints of 40 MB take half a minute even on tiny files; "
               "the same three commands run above on MNIST")
 SKLEARN = ("needs scikit-learn, an optional dependency; tests/test_figures.py draws tsne from a tiny "
            "run where it is installed")
@@ -198,11 +200,10 @@ NOT_RUN = {
     "--device cpu --out runs/analyses/figures/mlp_mnist_ccl_tsne.png": SKLEARN,
     "pip install scikit-learn": "installs a package (the optional dependency of ccl.figures tsne)",
     "python -m ccl.reproduce run yaml/mlp/cifar10_ccl.yaml --grid lr_F=0.05,0.1,0.2,0.4,0.8 "
-    "lr_B=0,0.05,0.1,0.2,0.4,0.8 --seeds 2023 2024 2025 --epochs 20 --data_root data --runs_root runs/grid":
-        CIFAR_GRID,
-    "python -m ccl.reproduce table yaml/mlp/cifar10_ccl.yaml --grid lr_F lr_B --runs_root runs/grid": CIFAR_GRID,
-    'python -m ccl.figures grid "runs/grid/tables/grid_lr_F_lr_B_mlp_cifar10_ccl-epochs=20.csv" --title '
-    '"CIFAR-10 MLP, CCL, 20 epochs"': CIFAR_GRID,
+    "lr_B=0,0.05,0.1,0.2,0.4,0.8 --seeds 2023 --data_root data --runs_root runs/grid100": CIFAR_GRID,
+    "python -m ccl.reproduce table yaml/mlp/cifar10_ccl.yaml --grid lr_F lr_B --runs_root runs/grid100": CIFAR_GRID,
+    "python -m ccl.figures grid runs/grid100/tables/grid_lr_F_lr_B_mlp_cifar10_ccl.csv --paper mlp/cifar10_ccl "
+    '--title "CIFAR-10 MLP, CCL, 100 epochs"': CIFAR_GRID,
     "pip install -r requirements.txt": "installs packages: CI runs it before the tests",
     "pip install -r requirements-dev.txt": "installs packages: CI runs it before the tests",
     "pip install torch torchvision --index-url https://download.pytorch.org/whl/cpu":
