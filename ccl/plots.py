@@ -69,6 +69,30 @@ def run_title(run_dir: Path) -> str:
     return config if seed is None else f"{config}, seed {seed}"
 
 
+def run_titles(run_dirs: Sequence[Path]) -> list[str]:
+    """`run_title` of each run; runs that would share one (grid cells of one config and seed)
+    are told apart by the config values in which they differ, e.g. 'lr_B 0.4'."""
+    titles = [run_title(run) for run in run_dirs]
+    for title in set(titles):
+        alike = [index for index, other in enumerate(titles) if other == title]
+        if len(alike) < 2:
+            continue
+        values = [_flat_values(run_dirs[index]) for index in alike]
+        differing = [key for key in values[0] if len({repr(value.get(key)) for value in values}) > 1]
+        for index, value in zip(alike, values):
+            titles[index] += "".join(f", {key} {value.get(key)}" for key in differing)
+    return titles
+
+
+def _flat_values(run_dir: Path) -> dict:
+    """The run's saved config values, every section's in one mapping; empty where unreadable."""
+    try:
+        config, _ = RunDir(run_dir).saved_config()
+    except UserError:
+        return {}
+    return {key: value for section in config.sections().values() for key, value in section.items()}
+
+
 def best_epoch_or_none(run_dir: Path) -> int | None:
     """The epoch of the run's best.pt for a title, None where results.json cannot say."""
     try:

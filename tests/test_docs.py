@@ -191,6 +191,10 @@ SKLEARN = ("needs scikit-learn, an optional dependency; tests/test_figures.py dr
 FIGURE8 = ("reads CIFAR-10, which the test data has only in tests/test_figures.py: "
            "test_tsne_draws_the_cifar_cnn_layers_of_figure_8 runs the same two commands, shortened")
 NOT_RUN = {
+    'python -m ccl.figures curves "runs/grid100/mlp/mnist_ccl-lr_B=0.4-lr_F=0.8/seed2023" '
+    '"runs/grid100/mlp/mnist_ccl-lr_B=0.8-lr_F=0.8/seed2023" --out runs/analyses/figures/mlp_mnist_ccl_pair0_lr_B.png':
+        "reads two cells of the 100-epoch grid, which this test shortens to one; tests/test_figures.py draws "
+        "curves of two runs",
     "python main_class_cnn.py --yaml yaml/cnn/cifar10_ccl.yaml --epochs 9 --analysis_steps 0,10,100,1000,3000 "
     "--analysis_split test --analysis_samples 500 --analysis_snapshots 1 --data_root data --out_dir "
     "runs/fig8/cnn_cifar10_ccl": FIGURE8,

@@ -407,3 +407,16 @@ def test_tsne_without_scikit_learn_or_without_snapshots(snapshotted, capsys, mon
     monkeypatch.setitem(sys.modules, "sklearn.manifold", None)  # import fails as if not installed
     assert figures_main(["tsne", str(snapshotted), "--steps", "0", "--samples", "20", "--device", "cpu"]) == 2
     assert "pip install scikit-learn" in _error_line(capsys)
+
+
+def test_runs_of_one_config_and_seed_are_told_apart_by_their_differing_values(tmp_path):
+    runs = []
+    for name, flags in (("a", ["--lr_B", "0.4"]), ("b", ["--lr_B", "0.8"]), ("c", ["--seed", "7"])):
+        config, _ = parse_command_line(["--yaml", str(REPO / "yaml/mlp/mnist_ccl.yaml"), *flags],
+                                       "main_class_mlp.py", "", {"task": "classification"})
+        runs.append(tmp_path / name)
+        runs[-1].mkdir()
+        (runs[-1] / "config.yaml").write_text(config_yaml(config, {"script": "main_class_mlp.py",
+                                                                   "yaml": "yaml/mlp/mnist_ccl.yaml"}))
+    assert plots.run_titles(runs) == ["mlp/mnist_ccl, seed 2023, lr_B 0.4", "mlp/mnist_ccl, seed 2023, lr_B 0.8",
+                                      "mlp/mnist_ccl, seed 7"]

@@ -25,6 +25,7 @@ from ccl.plots import (
     paired_embeddings,
     read_grid,
     run_title,
+    run_titles,
     runs_title,
     save_comparison,
     save_png,
@@ -69,11 +70,11 @@ def draw_cka(args) -> Path:
 
 def draw_alignment(args) -> Path:
     runs = []
-    for run in args.runs:
+    for run, title in zip(args.runs, run_titles(args.runs)):
         records = [record for record in RunDir(run).analysis_records() if record["epoch"] is not None]
         if not records:
             raise ConfigError(f"{run / ANALYSIS} has no record of an epoch (alignment draws epochs)")
-        runs.append((run_title(run), records))
+        runs.append((title, records))
     return save_png(alignment_figure(runs), args.out or args.runs[0] / FIGURES["alignment"])
 
 
@@ -81,15 +82,15 @@ def draw_kernels(args) -> Path:
     if args.count < 1:
         raise ConfigError(f"--count {args.count}: draw at least one kernel")
     panels = []
-    for run in args.runs:
+    for run, title in zip(args.runs, run_titles(args.runs)):
         weight, epoch = first_layer_kernels(run), best_epoch_or_none(run)
-        panels.append((f"{run_title(run)}\n{BEST}" + (f", epoch {epoch}" if epoch is not None else ""),
+        panels.append((f"{title}\n{BEST}" + (f", epoch {epoch}" if epoch is not None else ""),
                        weight))
     return save_png(kernels_figure(panels, args.count), args.out or args.runs[0] / FIGURES["kernels"])
 
 
 def draw_curves(args) -> Path:
-    runs = [(run_title(run), RunDir(run).metrics_rows()) for run in args.runs]
+    runs = [(title, RunDir(run).metrics_rows()) for run, title in zip(args.runs, run_titles(args.runs))]
     metric = validation_metric(runs[0][1])
     for run, (_, rows) in zip(args.runs, runs):
         if metric not in rows[0]:
