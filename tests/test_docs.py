@@ -93,7 +93,7 @@ SHORTENED = {
     "python -m ccl.reproduce table yaml/mlp/mnist_ccl.yaml --grid lr_F lr_B --runs_root runs/grid": "",
     "python -m ccl.reproduce run yaml/mlp/mnist_ccl.yaml --grid lr_F=0.05,0.1,0.2,0.4,0.8 "
     "lr_B=0,0.05,0.1,0.2,0.4,0.8 --seeds 2023 --jobs 1 --threads 1 --devices cpu --data_root data "
-    "--runs_root runs/grid100": f"{ONE_CELL} --epochs 1 --train_batches_per_epoch 2",
+    "--runs_root runs/grid100": ONE_CELL,  # 100 epochs of one tiny batch: the table keeps its name
     "python -m ccl.reproduce table yaml/mlp/mnist_ccl.yaml --grid lr_F lr_B --runs_root runs/grid100": "",
     "python -m ccl.figures grid runs/grid100/tables/grid_lr_F_lr_B_mlp_mnist_ccl.csv --paper mlp/mnist_ccl "
     '--title "mlp/mnist_ccl, 100 epochs, seed 2023" --out runs/analyses/figures/mlp_mnist_ccl_lr_grid_100epochs.png': "",
@@ -130,6 +130,20 @@ SHORTENED = {
     "python -m ccl.reproduce run yaml/cnn/mnist_ccl.yaml --grid lr_F=1,3 --architecture cnn_pool --warmup 0 "
     "--batchsize 32 --epochs 1 --train_batches_per_epoch 160 --seeds 2023 --jobs 2 --threads 1 --devices cpu "
     "--data_root data --runs_root runs/cnn160": "--dry_run",
+    "python -m ccl.reproduce run yaml/cnn/mnist_ccl.yaml --grid warmup=0,100 loss_scale_C=0.5,2,5,10 --augment 0 "
+    "--batchsize 32 --epochs 1 --train_batches_per_epoch 160 --seeds 2023 --jobs 1 --threads 1 --devices cpu "
+    "--data_root data --runs_root runs/cnn160": "--grid warmup=0 loss_scale_C=10 --batchsize 8 --train_batches_per_epoch 2",
+    "python -m ccl.reproduce run yaml/cnn/mnist_ccl.yaml --grid warmup=0,100 loss_scale_C=0.5,2,5,10 --augment 1 "
+    "--batchsize 32 --epochs 1 --train_batches_per_epoch 160 --seeds 2023 --jobs 1 --threads 1 --devices cpu "
+    "--data_root data --runs_root runs/cnn160": "--dry_run",
+    "python -m ccl.reproduce run yaml/cnn/mnist_ccl.yaml --grid loss_scale_ssl=0 --augment 0 --batchsize 32 "
+    "--epochs 1 --train_batches_per_epoch 160 --seeds 2023 --jobs 1 --threads 1 --devices cpu --data_root data "
+    "--runs_root runs/cnn160": "--dry_run",
+    "python -m ccl.reproduce table yaml/cnn/mnist_ccl.yaml --grid warmup loss_scale_C --split val "
+    "--runs_root runs/cnn160": "",
+    "python -m ccl.reproduce run yaml/cnn/mnist_ccl_fig6.yaml yaml/cnn/mnist_bp_fig6.yaml --seeds 2023 2024 2025 "
+    "2026 2027 --procedure fixed --jobs 1 --threads 1 --devices cpu --data_root data --runs_root runs/fig6":
+        "--dry_run",
     # docs/ANALYSES.md: the per-pair losses and the paper's Figure 9
     "python main_class_mlp.py --yaml yaml/mlp/mnist_ccl.yaml --epochs 100 --analysis_every 1 --analysis_steps "
     "0,1,2,5,10,20,50,100,200,500,1000,2000,3000,5000,10000,20000 --data_root data --device cpu --out_dir "
@@ -190,7 +204,15 @@ SKLEARN = ("needs scikit-learn, an optional dependency; tests/test_figures.py dr
            "run where it is installed")
 FIGURE8 = ("reads CIFAR-10, which the test data has only in tests/test_figures.py: "
            "test_tsne_draws_the_cifar_cnn_layers_of_figure_8 runs the same two commands, shortened")
+FIG6_RUNS = ("draws the five 160-step runs that the command before it only plans here (--dry_run); "
+             "tests/test_figures.py draws cka over several runs' step records")
 NOT_RUN = {
+    "python -m ccl.figures cka runs/fig6/cnn/mnist_ccl_fig6/seed2023 runs/fig6/cnn/mnist_ccl_fig6/seed2024 "
+    "runs/fig6/cnn/mnist_ccl_fig6/seed2025 runs/fig6/cnn/mnist_ccl_fig6/seed2026 runs/fig6/cnn/mnist_ccl_fig6/seed2027 "
+    "--out runs/analyses/figures/cnn_mnist_ccl_fig6_cka.png": FIG6_RUNS,
+    "python -m ccl.figures cka runs/fig6/cnn/mnist_bp_fig6/seed2023 runs/fig6/cnn/mnist_bp_fig6/seed2024 "
+    "runs/fig6/cnn/mnist_bp_fig6/seed2025 runs/fig6/cnn/mnist_bp_fig6/seed2026 runs/fig6/cnn/mnist_bp_fig6/seed2027 "
+    "--out runs/analyses/figures/cnn_mnist_bp_fig6_cka.png": FIG6_RUNS,
     'python -m ccl.figures curves "runs/grid100/mlp/mnist_ccl-lr_B=0.4-lr_F=0.8/seed2023" '
     '"runs/grid100/mlp/mnist_ccl-lr_B=0.8-lr_F=0.8/seed2023" --out runs/analyses/figures/mlp_mnist_ccl_pair0_lr_B.png':
         "reads two cells of the 100-epoch grid, which this test shortens to one; tests/test_figures.py draws "
