@@ -174,6 +174,7 @@ def test_a_command_line_override_fixes_a_file_value(no_training, tmp_path):
     (["--loss_scale_ssl", "0.3"], "loss_scale_ssl 0.3 is ignored: main_class_mlp.py does not use it"),
     (["--loss_scale_D", "2"], "loss_scale_D 2.0 is ignored"),
     (["--augment_validation", "1"], "augment_validation 1 is ignored: main_class_mlp.py does not use it"),
+    (["--augment", "0"], "augment 0 is ignored: main_class_mlp.py does not use it"),
     (["--fused_pair_loss", "1"], "fused_pair_loss 1 is ignored: main_class_mlp.py does not use it"),
     (["--task_transform", "rot90"], "task_transform 'rot90' is ignored: it applies to the autoencoder"),
     (["--method", "BP", "--filter_target", "0.2"], "filter_target is ignored with method BP"),
