@@ -102,21 +102,11 @@ SHORTENED = {
     'python -m ccl.analysis "runs/grid/mlp/mnist_ccl-epochs=20-lr_B=0.0-lr_F=0.8/seed2023" --device cpu '
     '--data_root data': "",
     # docs/ANALYSES.md: the paper's Figure 6 (CKA over 160 steps) and Figure 3 (t-SNE)
-    "python main_class_cnn.py --yaml yaml/cnn/mnist_ccl.yaml --epochs 1 --train_batches_per_epoch 160 "
-    "--batchsize 32 --analysis_steps 0,20,40,80,160 --analysis_split test --analysis_samples 500 "
-    "--seed 2023 --data_root data --device cpu --out_dir runs/fig6/ccl/seed2023": CNN_EPOCH,
-    "python main_class_cnn.py --yaml yaml/cnn/mnist_ccl.yaml --epochs 1 --train_batches_per_epoch 160 "
-    "--batchsize 32 --analysis_steps 0,20,40,80,160 --analysis_split test --analysis_samples 500 "
-    "--seed 2024 --data_root data --device cpu --out_dir runs/fig6/ccl/seed2024": CNN_EPOCH,
-    "python main_class_cnn.py --yaml yaml/cnn/mnist_ccl.yaml --epochs 1 --train_batches_per_epoch 160 "
-    "--batchsize 32 --analysis_steps 0,20,40,80,160 --analysis_split test --analysis_samples 500 "
-    "--seed 2025 --data_root data --device cpu --out_dir runs/fig6/ccl/seed2025": CNN_EPOCH,
-    "python main_class_cnn.py --yaml yaml/cnn/mnist_bp.yaml --epochs 1 --train_batches_per_epoch 160 "
-    "--batchsize 32 --analysis_steps 0,20,40,80,160 --analysis_split test --analysis_samples 500 "
-    "--seed 2023 --data_root data --device cpu --out_dir runs/fig6/bp/seed2023": CNN_EPOCH,
-    "python -m ccl.figures cka runs/fig6/ccl/seed2023 runs/fig6/ccl/seed2024 runs/fig6/ccl/seed2025 "
-    "--out runs/analyses/figures/cnn_mnist_ccl_cka_160steps.png": "",
-    "python -m ccl.figures cka runs/fig6/bp/seed2023 --out runs/analyses/figures/cnn_mnist_bp_cka_160steps.png": "",
+    "python -m ccl.reproduce run yaml/cnn/mnist_ccl_fig6.yaml --augment 1 --loss_scale_C 0.5 --seeds 2023 2024 "
+    "2025 2026 2027 --procedure fixed --jobs 1 --threads 1 --devices cpu --data_root data --runs_root runs/fig6":
+        "--dry_run",
+    "python -m ccl.reproduce run yaml/cnn/mnist_bp_fig6.yaml --augment 1 --seeds 2023 2024 2025 2026 2027 "
+    "--procedure fixed --jobs 1 --threads 1 --devices cpu --data_root data --runs_root runs/fig6": "--dry_run",
     "python main_class_mlp.py --yaml yaml/mlp/mnist_ccl.yaml --epochs 5 --analysis_steps 0,10,100,1000 "
     "--analysis_split test --analysis_samples 500 --analysis_snapshots 1 --data_root data --device cpu "
     "--out_dir runs/fig3/mlp_mnist_ccl": EPOCH,
@@ -207,6 +197,13 @@ FIGURE8 = ("reads CIFAR-10, which the test data has only in tests/test_figures.p
 FIG6_RUNS = ("draws the five 160-step runs that the command before it only plans here (--dry_run); "
              "tests/test_figures.py draws cka over several runs' step records")
 NOT_RUN = {
+    "python -m ccl.figures cka runs/fig6/cnn/mnist_ccl_fig6-augment=1-loss_scale_C=0.5/seed2023 "
+    "runs/fig6/cnn/mnist_ccl_fig6-augment=1-loss_scale_C=0.5/seed2024 runs/fig6/cnn/mnist_ccl_fig6-augment=1-loss_scale_C=0.5/seed2025 "
+    "runs/fig6/cnn/mnist_ccl_fig6-augment=1-loss_scale_C=0.5/seed2026 runs/fig6/cnn/mnist_ccl_fig6-augment=1-loss_scale_C=0.5/seed2027 "
+    "--out runs/analyses/figures/cnn_mnist_ccl_cka_160steps.png": FIG6_RUNS,
+    "python -m ccl.figures cka runs/fig6/cnn/mnist_bp_fig6-augment=1/seed2023 runs/fig6/cnn/mnist_bp_fig6-augment=1/seed2024 "
+    "runs/fig6/cnn/mnist_bp_fig6-augment=1/seed2025 runs/fig6/cnn/mnist_bp_fig6-augment=1/seed2026 "
+    "runs/fig6/cnn/mnist_bp_fig6-augment=1/seed2027 --out runs/analyses/figures/cnn_mnist_bp_cka_160steps.png": FIG6_RUNS,
     "python -m ccl.figures cka runs/fig6/cnn/mnist_ccl_fig6/seed2023 runs/fig6/cnn/mnist_ccl_fig6/seed2024 "
     "runs/fig6/cnn/mnist_ccl_fig6/seed2025 runs/fig6/cnn/mnist_ccl_fig6/seed2026 runs/fig6/cnn/mnist_ccl_fig6/seed2027 "
     "--out runs/analyses/figures/cnn_mnist_ccl_fig6_cka.png": FIG6_RUNS,
