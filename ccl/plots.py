@@ -385,12 +385,14 @@ def curves_figure(runs: Sequence[tuple[str, Sequence[dict]]]) -> Figure:
     return figure
 
 
-def grid_figure(cells: Sequence[dict], title: str, paper: Mapping[tuple[float, float], float] | None = None) -> Figure:
+def grid_figure(cells: Sequence[dict], title: str,
+                paper: Mapping[tuple[float, float], float] | None = None) -> Figure:
     """Mean test accuracy per (lr_F, lr_B), the seed count in each cell; grey where no seed ran.
     With `paper` ({(lr_F, lr_B): accuracy}), two panels more: the paper's cells and ours minus
     the paper's."""
-    forward_rates = sorted({cell["lr_F"] for cell in cells} | {lr_F for lr_F, _ in paper or {}})
-    feedback_rates = sorted({cell["lr_B"] for cell in cells} | {lr_B for _, lr_B in paper or {}})
+    printed_cells = paper or {}
+    forward_rates = sorted({cell["lr_F"] for cell in cells} | {lr_F for lr_F, _ in printed_cells})
+    feedback_rates = sorted({cell["lr_B"] for cell in cells} | {lr_B for _, lr_B in printed_cells})
     means = np.full((len(feedback_rates), len(forward_rates)), math.nan)
     labels = np.full(means.shape, "not run", dtype=object)
     for cell in cells:
@@ -398,13 +400,14 @@ def grid_figure(cells: Sequence[dict], title: str, paper: Mapping[tuple[float, f
         labels[row, column] = f"{cell['mean']:.2f}\nn={cell['n']}" if cell["n"] > 0 else "n=0"
         if cell["n"] > 0:
             means[row, column] = cell["mean"]
-    panels = [(means, labels, "viridis", "ours", "mean test accuracy (%)")]
+    panels = [(means, labels, "ours", "mean test accuracy (%)", False)]
     if paper is not None:
-        printed = np.array([[paper.get((lr_F, lr_B), math.nan) for lr_F in forward_rates] for lr_B in feedback_rates])
+        printed = np.array([[paper.get((lr_F, lr_B), math.nan) for lr_F in forward_rates]
+                            for lr_B in feedback_rates])
         difference = means - printed
-        panels += [(printed, _number_labels(printed, "{:.2f}"), "viridis", "the paper's", "test accuracy (%)"),
-                   (difference, _number_labels(difference, "{:+.2f}"), "RdBu", "ours minus the paper's",
-                    "difference (points)")]
+        panels += [(printed, _number_labels(printed, "{:.2f}"), "the paper's", "test accuracy (%)", False),
+                   (difference, _number_labels(difference, "{:+.2f}"), "ours minus the paper's",
+                    "difference (points)", True)]
     figure = _figure(0.6 + (0.9 * len(forward_rates) + 1.0) * len(panels), 1.2 + 0.6 * len(feedback_rates))
     for ax, panel in zip(figure.subplots(1, len(panels), squeeze=False)[0], panels):
         _grid_panel(figure, ax, forward_rates, feedback_rates, *panel)
@@ -413,15 +416,17 @@ def grid_figure(cells: Sequence[dict], title: str, paper: Mapping[tuple[float, f
 
 
 def _number_labels(values: np.ndarray, form: str) -> np.ndarray:
-    return np.vectorize(lambda value: form.format(value) if math.isfinite(value) else "-", otypes=[object])(values)
+    return np.vectorize(lambda value: form.format(value) if math.isfinite(value) else "-",
+                        otypes=[object])(values)
 
 
 def _grid_panel(figure: Figure, ax, forward_rates, feedback_rates, values: np.ndarray, labels: np.ndarray,
-                colour_map: str, panel_title: str, colour_label: str) -> None:
-    colours = matplotlib.colormaps[colour_map].with_extremes(bad=MISSING_COLOUR)
-    limit = np.nanmax(np.abs(values)) if colour_map == "RdBu" and np.isfinite(values).any() else None
+                panel_title: str, colour_label: str, centred: bool) -> None:
+    """One heatmap of the grid; `centred`: differences, white at 0 and symmetric about it."""
+    colours = matplotlib.colormaps["RdBu" if centred else "viridis"].with_extremes(bad=MISSING_COLOUR)
+    limit = float(np.nanmax(np.abs(values))) if centred and np.isfinite(values).any() else None
     image = ax.imshow(np.ma.masked_invalid(values), cmap=colours, origin="lower", aspect="auto",
-                      vmin=-limit if limit else None, vmax=limit)  # differences: white at 0
+                      vmin=None if limit is None else -limit, vmax=limit)
     for (row, column), label in np.ndenumerate(labels):
         value = values[row, column]
         colour = _text_colour(image, value) if math.isfinite(value) else "black"

@@ -90,7 +90,8 @@ def draw_kernels(args) -> Path:
 
 
 def draw_curves(args) -> Path:
-    runs = [(title, RunDir(run).metrics_rows()) for run, title in zip(args.runs, run_titles(args.runs))]
+    titles = run_titles(args.runs)
+    runs = [(title, RunDir(run).metrics_rows()) for run, title in zip(args.runs, titles)]
     metric = validation_metric(runs[0][1])
     for run, (_, rows) in zip(args.runs, runs):
         if metric not in rows[0]:
@@ -149,7 +150,8 @@ def draw_tsne(args) -> Path:
         experiment.model.load_state_dict(torch.load(run_dir.snapshot_path(step), map_location=device,
                                                     weights_only=True))
         for layer in layers:
-            forward, feedback = paired_embeddings(experiment.model, experiment.objective, inputs, labels, layer)
+            forward, feedback = paired_embeddings(experiment.model, experiment.objective, inputs, labels,
+                                                  layer)
             forward_2d, feedback_2d = fit_tsne(forward, feedback)
             rows[layer].append((f"a{layer} with b{layer}, step {step}", forward_2d, labels.cpu().numpy(),
                                 feedback_2d))
@@ -161,7 +163,8 @@ def draw_tsne(args) -> Path:
 def draw_grid(args) -> Path:
     cells = read_grid(args.csv)
     paper = None if args.paper is None else FIGURE7[args.paper]
-    return save_png(grid_figure(cells, args.title or args.csv.stem, paper), args.out or args.csv.with_suffix(".png"))
+    figure = grid_figure(cells, args.title or args.csv.stem, paper)
+    return save_png(figure, args.out or args.csv.with_suffix(".png"))
 
 
 def build_parser() -> argparse.ArgumentParser:
