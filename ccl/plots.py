@@ -513,7 +513,8 @@ def tsne_figure(rows: Sequence[Sequence[tuple[str, np.ndarray, np.ndarray, np.nd
     handles += [Line2D([], [], color="grey", marker="o", linestyle="", label="forward: test image"),
                 Line2D([], [], color="grey", marker="s", markeredgecolor="black", linestyle="",
                        label="feedback: class one-hot")]
-    figure.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 12), fontsize=7)
+    columns_fitting = max(4, int(figure.get_figwidth() / 1.1))  # legend entries a row of the figure holds
+    figure.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), columns_fitting), fontsize=7)
     _suptitle(figure, title)
     return figure
 
