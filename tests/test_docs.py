@@ -92,11 +92,12 @@ SHORTENED = {
     "--data_root data --runs_root runs/grid": ONE_CELL,
     "python -m ccl.reproduce table yaml/mlp/mnist_ccl.yaml --grid lr_F lr_B --runs_root runs/grid": "",
     "python -m ccl.reproduce run yaml/mlp/mnist_ccl.yaml --grid lr_F=0.05,0.1,0.2,0.4,0.8 "
-    "lr_B=0,0.05,0.1,0.2,0.4,0.8 --seeds 2023 --jobs 1 --threads 1 --devices cpu --data_root data "
+    "lr_B=0,0.05,0.1,0.2,0.4,0.8 --seeds 2023 2024 --jobs 1 --threads 1 --devices cpu --data_root data "
     "--runs_root runs/grid100": ONE_CELL,  # 100 epochs of one tiny batch: the table keeps its name
     "python -m ccl.reproduce table yaml/mlp/mnist_ccl.yaml --grid lr_F lr_B --runs_root runs/grid100": "",
     "python -m ccl.figures grid runs/grid100/tables/grid_lr_F_lr_B_mlp_mnist_ccl.csv --paper mlp/mnist_ccl "
-    '--title "mlp/mnist_ccl, 100 epochs, seed 2023" --out runs/analyses/figures/mlp_mnist_ccl_lr_grid_100epochs.png': "",
+    '--title "mlp/mnist_ccl, 100 epochs, seeds 2023 and 2024" --out runs/analyses/figures/mlp_mnist_ccl_lr_grid_100epochs.png':
+        "",
     'python -m ccl.figures grid "runs/grid/tables/grid_lr_F_lr_B_mlp_mnist_ccl-epochs=20.csv" --title '
     '"mlp/mnist_ccl, 20 epochs (shortened from 100), seeds 2023-2025" --out runs/analyses/figures/mlp_mnist_ccl_lr_grid.png': "",
     'python -m ccl.analysis "runs/grid/mlp/mnist_ccl-epochs=20-lr_B=0.0-lr_F=0.8/seed2023" --device cpu '
