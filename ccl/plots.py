@@ -77,20 +77,19 @@ def run_titles(run_dirs: Sequence[Path]) -> list[str]:
         alike = [index for index, other in enumerate(titles) if other == title]
         if len(alike) < 2:
             continue
-        values = [_flat_values(run_dirs[index]) for index in alike]
+        values = [_saved_values(run_dirs[index]) for index in alike]
         differing = [key for key in values[0] if len({repr(value.get(key)) for value in values}) > 1]
         for index, value in zip(alike, values):
             titles[index] += "".join(f", {key} {value.get(key)}" for key in differing)
     return titles
 
 
-def _flat_values(run_dir: Path) -> dict:
-    """The run's saved config values, every section's in one mapping; empty where unreadable."""
+def _saved_values(run_dir: Path) -> dict:
+    """The run's saved config values; empty where unreadable (a title must not fail)."""
     try:
-        config, _ = RunDir(run_dir).saved_config()
+        return RunDir(run_dir).saved_config()[0].as_dict()
     except UserError:
         return {}
-    return {key: value for section in config.sections().values() for key, value in section.items()}
 
 
 def best_epoch_or_none(run_dir: Path) -> int | None:

@@ -198,6 +198,10 @@ FIGURE8 = ("reads CIFAR-10, which the test data has only in tests/test_figures.p
 FIG6_RUNS = ("draws the five 160-step runs that the command before it only plans here (--dry_run); "
              "tests/test_figures.py draws cka over several runs' step records")
 NOT_RUN = {
+    'OMP_NUM_THREADS=1 python -c "import time, numpy as np; from ccl.plots import fit_tsne; g = '
+    "np.random.default_rng(0); t = time.perf_counter(); fit_tsne(g.normal(size=(1000, 32768)), "
+    'g.normal(size=(10, 32768))); print(time.perf_counter() - t)"':
+        "times one t-SNE fit on random points (10 s); tests/test_figures.py tests fit_tsne",
     "python -m ccl.figures cka runs/fig6/cnn/mnist_ccl_fig6-augment=1-loss_scale_C=0.5/seed2023 "
     "runs/fig6/cnn/mnist_ccl_fig6-augment=1-loss_scale_C=0.5/seed2024 runs/fig6/cnn/mnist_ccl_fig6-augment=1-loss_scale_C=0.5/seed2025 "
     "runs/fig6/cnn/mnist_ccl_fig6-augment=1-loss_scale_C=0.5/seed2026 runs/fig6/cnn/mnist_ccl_fig6-augment=1-loss_scale_C=0.5/seed2027 "
