@@ -466,14 +466,17 @@ SKLEARN_MISSING = ("tsne needs scikit-learn, an optional dependency of this proj
 
 @torch.no_grad()
 def paired_embeddings(model, objective, inputs: torch.Tensor, labels: torch.Tensor,
-                      layer: int) -> tuple[np.ndarray, np.ndarray]:
-    """(a_layer of each input, N x D; b_layer of each class's one-hot, C x D), in eval mode,
-    flattened: a forward layer's output and the feedback output its pair loss compares it with.
-    The model is left in eval mode (a model rebuilt for the figure)."""
+                      layers: Sequence[int]) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Per layer l of `layers`: (a_l of each input, N x D; b_l of each class's one-hot, C x D),
+    from one forward and one feedback pass in eval mode, flattened: a forward layer's output and
+    the feedback output its pair loss compares it with. The model is left in eval mode (a model
+    rebuilt for the figure)."""
     model.eval()
-    forward = model(inputs)[layer].flatten(1)
-    feedback = model.feedback(objective.feedback_input(labels))[layer].flatten(1)
-    return forward.double().cpu().numpy(), feedback.double().cpu().numpy()
+    activations = model(inputs)
+    signals = model.feedback(objective.feedback_input(labels))
+    def as_rows(output: torch.Tensor) -> np.ndarray:
+        return output.flatten(1).double().cpu().numpy()
+    return [(as_rows(activations[layer]), as_rows(signals[layer])) for layer in layers]
 
 
 def fit_tsne(forward: np.ndarray, feedback: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

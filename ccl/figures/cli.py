@@ -149,9 +149,8 @@ def draw_tsne(args) -> Path:
     for step in args.steps:
         experiment.model.load_state_dict(torch.load(run_dir.snapshot_path(step), map_location=device,
                                                     weights_only=True))
-        for layer in layers:
-            forward, feedback = paired_embeddings(experiment.model, experiment.objective, inputs, labels,
-                                                  layer)
+        embeddings = paired_embeddings(experiment.model, experiment.objective, inputs, labels, layers)
+        for layer, (forward, feedback) in zip(layers, embeddings):
             forward_2d, feedback_2d = fit_tsne(forward, feedback)
             rows[layer].append((f"a{layer} with b{layer}, step {step}", forward_2d, labels.cpu().numpy(),
                                 feedback_2d))
